@@ -1,0 +1,1 @@
+"""POPE (Polling-based Object Probing Evaluation): question files, answer parsers, metrics."""
