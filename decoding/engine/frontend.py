@@ -1,0 +1,134 @@
+"""vLLM's OpenAI server, assembled with our hooks.
+
+This mirrors ``vllm.entrypoints.launchers.api_server.entry.run_server`` (vLLM 0.32.0) and
+inserts two things: the engine client is wrapped so that every request passes through
+the strategy dispatcher, and the FastAPI app is handed to a callback that adds the
+``decoding`` middleware, metrics and routes. Plain requests therefore take exactly the
+path of ``vllm serve``: chat templating, image loading, streaming, usage and logprobs are
+vLLM's own code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.api_server.entry import (
+    build_async_engine_client,
+)
+from vllm.entrypoints.launchers.app import build_app
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+from vllm.platforms import current_platform
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+from decoding.engine.client import StrategyEngineClient, StrategyObserver
+
+AppHook = Callable[[Any, StrategyEngineClient, argparse.Namespace], Awaitable[None] | None]
+
+
+def make_parser(description: str) -> FlexibleArgumentParser:
+    """vLLM's full serve parser (every engine argument passes through)."""
+    return make_arg_parser(FlexibleArgumentParser(description=description))
+
+
+def is_cpu() -> bool:
+    return current_platform.is_cpu()
+
+
+def apply_platform_defaults(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """Settings vLLM 0.32 needs on CPU, applied only where the user gave none.
+
+    Returns human-readable notes of what was set. On CPU: eager mode (inductor start-up
+    costs a minute and gains nothing for small models), fp32 (bf16 is slower without
+    AVX-512), a KV-cache size, and no chunked prefill: a seeded request whose prefill is
+    split over steps kills the CPU engine (``CPU Generator does not use offset``), so
+    prompts are always prefilled in one step.
+    """
+    notes: list[str] = []
+    if not is_cpu():
+        return notes
+
+    def given(flag: str) -> bool:
+        return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if not given("--enforce-eager"):
+        args.enforce_eager = True
+        notes.append("enforce_eager=True")
+    if not given("--dtype"):
+        args.dtype = "float32"
+        notes.append("dtype=float32")
+    if not (given("--enable-chunked-prefill") or given("--no-enable-chunked-prefill")):
+        args.enable_chunked_prefill = False
+        notes.append("enable_chunked_prefill=False")
+    return notes
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    validate_parsed_serve_args(args)
+
+
+@asynccontextmanager
+async def engine_client(
+    args: argparse.Namespace, observer: StrategyObserver | None = None
+) -> AsyncIterator[StrategyEngineClient]:
+    """Start the engine for ``args`` and yield it wrapped for strategy dispatch."""
+    async with build_async_engine_client(args) as engine:
+        yield StrategyEngineClient(engine, observer)
+
+
+async def build_openai_app(args: argparse.Namespace, client: StrategyEngineClient) -> Any:
+    """vLLM's FastAPI app with its state initialised against ``client``."""
+    supported_tasks = await client.get_supported_tasks()
+    app = build_app(args, supported_tasks, client.model_config)
+    await init_app_state(client, app.state, args, supported_tasks)
+    return app
+
+
+async def run_server(
+    args: argparse.Namespace,
+    customize_app: AppHook,
+    observer: StrategyObserver | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM, like ``vllm serve``."""
+
+    def _interrupt_init(*_: object) -> None:
+        raise KeyboardInterrupt("terminated")
+
+    signal.signal(signal.SIGTERM, _interrupt_init)
+    _, sock = setup_server(args, reuse_port=False)
+    async with engine_client(args, observer) as client:
+        app = await build_openai_app(args, client)
+        maybe = customize_app(app, client, args)
+        if maybe is not None:
+            await maybe
+        shutdown_task = await serve_http(
+            app,
+            sock=sock,
+            enable_ssl_refresh=args.enable_ssl_refresh,
+            host=args.host,
+            port=args.port,
+            log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            ssl_keyfile=args.ssl_keyfile,
+            ssl_certfile=args.ssl_certfile,
+            ssl_ca_certs=args.ssl_ca_certs,
+            ssl_cert_reqs=args.ssl_cert_reqs,
+        )
+    try:
+        await shutdown_task
+    finally:
+        sock.close()
+
+
+def versions() -> dict[str, str]:
+    import transformers
+    import vllm
+
+    return {"vllm_version": vllm.__version__, "transformers_version": transformers.__version__}

@@ -1,0 +1,354 @@
+"""Build the tiny LLaVA-1.5 test checkpoint: ``python -m decoding.testing.tiny_llava DIR``.
+
+The checkpoint has the real LLaVA-1.5 structure in the llava-hf layout (CLIP ViT vision
+tower read at ``vision_feature_layer=-2`` with the "default" CLS-dropping strategy, a
+two-layer GELU projector, a Llama text model), a locally trained byte-level BPE
+tokenizer with ``<image>`` and the llava-1.5 chat template, and a ``LlavaProcessor``.
+``transformers`` and vLLM load it like any checkpoint.
+
+Weights are seeded; the text model and projector are then trained briefly on synthetic
+coloured-shape scenes (:mod:`decoding.testing.synthetic`) so that greedy answers depend
+on both the image and the prompt. The vision tower stays at its seeded initialisation
+(random CLIP features still encode colour and position), which keeps training short.
+
+Planted attention sinks: "massive activation" dimensions ``sink_dims`` of the residual
+stream, as VAR (Kang et al., ICLR 2025) finds them in LLaMA-2 (dims 1415/2533 of 7B).
+The BOS embedding carries a large constant in those dimensions (a text sink), and one
+projector unit, tuned to fire on a few percent of patches, writes a large value into
+``sink_dims[0]`` (visual sinks that depend on the image). Those entries are frozen during
+training so the model learns around them. With hidden size ``H`` the VAR score
+``max |x_d| / RMS(x)`` is bounded by ``sqrt(H)``, so the tiny model's profile uses a
+smaller sink threshold than the paper's 20 (see ``decoding/profiles``).
+
+The build is deterministic: one thread, deterministic algorithms, seeded everything, so
+rebuilding with the same spec writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from decoding.testing import synthetic
+from decoding.testing.tokenizer import build_tokenizer
+
+#: Residual-stream dimensions that carry the planted massive activations.
+TINY_SINK_DIMS = (17, 93)
+#: Bumped whenever the build recipe changes, so cached builds are not reused.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyLlavaSpec:
+    """Knobs of the tiny checkpoint. Defaults give ~64 image tokens and build in ~1 min."""
+
+    seed: int = 0
+    image_size: int = 112  # 112/14 = 8x8 = 64 image tokens (336 gives LLaVA's 576)
+    patch_size: int = 14
+    vision_hidden: int = 64
+    vision_layers: int = 3  # feature layer -2 is the output of encoder layer 1
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4  # head_dim 32: vLLM's CPU attention needs 32, 64, 80, ...
+    text_intermediate: int = 384
+    tokenizer_vocab: int = 1024
+    train_steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    sink_dims: tuple[int, ...] = TINY_SINK_DIMS
+    sink_value: float = 6.0  # BOS value in each sink dim (embeddings are ~0.02-0.3)
+    visual_sink_fraction: float = 0.04  # share of patches the sink unit fires on
+    visual_sink_gain: float = 60.0
+    extra: dict = field(default_factory=dict)
+
+    def digest(self) -> str:
+        blob = json.dumps({"recipe": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _config(spec: TinyLlavaSpec, vocab: int, image_token: int, pad: int) -> LlavaConfig:
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 4,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+        hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        vocab_size=vocab,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=pad,
+        tie_word_embeddings=False,
+    )
+    grid = spec.image_size // spec.patch_size
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=grid * grid,
+        pad_token_id=pad,
+        tie_word_embeddings=False,
+    )
+    cfg.sink_dims = list(spec.sink_dims)  # read by decoding.profiles for VAR
+    return cfg
+
+
+def _processor(spec: TinyLlavaSpec, tokenizer) -> LlavaProcessor:  # noqa: ANN001
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+        image_token="<image>",
+    )
+
+
+def _examples(spec: TinyLlavaSpec, step: int) -> list[tuple]:
+    rng = random.Random(spec.seed * 1_000_003 + step)
+    out = []
+    for _ in range(spec.batch_size):
+        scene = synthetic.random_scene(rng)
+        img = synthetic.draw_scene(scene, spec.image_size, rng)
+        q, a = rng.choice(synthetic.questions(scene, rng))
+        out.append((img, q, a))
+    return out
+
+
+def _batch(processor: LlavaProcessor, examples: list[tuple]) -> dict[str, torch.Tensor]:
+    tok = processor.tokenizer
+    ids, labels = [], []
+    pixels = []
+    for img, q, a in examples:
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            add_generation_prompt=True,
+        )
+        enc = processor(images=img, text=prompt, return_tensors="pt")
+        p_ids = enc["input_ids"][0].tolist()
+        a_ids = tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids.append(p_ids + a_ids)
+        labels.append([-100] * len(p_ids) + a_ids)
+        pixels.append(enc["pixel_values"])
+    width = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    label_t = torch.full((len(ids), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        label_t[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": label_t,
+        "pixel_values": torch.cat(pixels),
+    }
+
+
+def _feature_layer_patches(model: LlavaForConditionalGeneration, pixels: torch.Tensor):
+    out = model.model.vision_tower(pixels, output_hidden_states=True)
+    return out.hidden_states[-2][:, 1:]  # drop CLS as the "default" strategy does
+
+
+def _plant_sinks(model, processor, spec: TinyLlavaSpec) -> list:  # noqa: ANN001
+    """Write the massive-activation entries and return gradient masks that freeze them."""
+    bos = processor.tokenizer.bos_token_id
+    dims = list(spec.sink_dims)
+    emb = model.model.language_model.embed_tokens.weight
+    proj = model.model.multi_modal_projector
+    unit = 0  # the projector hidden unit dedicated to visual sinks
+    with torch.no_grad():
+        emb[bos, dims] = spec.sink_value
+        # Calibrate the unit on seeded scenes so it fires on ~visual_sink_fraction of patches.
+        rng = random.Random(spec.seed + 7)
+        imgs = [
+            synthetic.draw_scene(synthetic.random_scene(rng), spec.image_size, rng)
+            for _ in range(32)
+        ]
+        pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
+        feats = _feature_layer_patches(model, pixels).reshape(-1, spec.vision_hidden)
+        gen = torch.Generator().manual_seed(spec.seed + 11)
+        direction = torch.randn(spec.vision_hidden, generator=gen)
+        direction /= direction.norm()
+        score = feats @ direction
+        cut = torch.quantile(score, 1.0 - spec.visual_sink_fraction)
+        scale = 1.0 / (score.std() + 1e-6)
+        proj.linear_1.weight[unit] = direction * scale
+        proj.linear_1.bias[unit] = -cut * scale
+        proj.linear_2.weight[:, unit] = 0.0
+        proj.linear_2.weight[dims[0], unit] = spec.visual_sink_gain
+    masks = []
+    m_emb = torch.ones_like(emb)
+    m_emb[bos, dims] = 0
+    masks.append((emb, m_emb))
+    for p, idx in ((proj.linear_1.weight, (unit,)), (proj.linear_1.bias, (unit,))):
+        m = torch.ones_like(p)
+        m[idx] = 0
+        masks.append((p, m))
+    m2 = torch.ones_like(proj.linear_2.weight)
+    m2[:, unit] = 0
+    masks.append((proj.linear_2.weight, m2))
+    return masks
+
+
+def _train(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, spec.train_steps))
+    )
+    model.train()
+    for step in range(spec.train_steps):
+        batch = _batch(processor, _examples(spec, step))
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        for p, m in masks:
+            p.grad.mul_(m)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if log and (step % 50 == 0 or step == spec.train_steps - 1):
+            print(f"step {step:4d}  loss {loss.item():.3f}", flush=True)
+    model.eval()
+
+
+def _to_llava_hf_layout(out_dir: Path) -> None:
+    """Rename CLIP keys to the llava-hf layout (``vision_tower.vision_model.*``) that
+    vLLM 0.32 expects; transformers loads both layouts with identical outputs."""
+    path = out_dir / "model.safetensors"
+    tensors = load_file(path)
+    renamed = {}
+    for key, value in tensors.items():
+        for prefix in ("model.vision_tower.", "vision_tower."):
+            if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
+                key = prefix + "vision_model." + key[len(prefix) :]
+                break
+        renamed[key] = value.contiguous()
+    save_file(dict(sorted(renamed.items())), path, metadata={"format": "pt"})
+
+
+def build_tiny_llava(
+    out_dir: str | Path, spec: TinyLlavaSpec | None = None, log: bool = False
+) -> Path:
+    """Build the checkpoint into ``out_dir`` (replaced if present) and return the path."""
+    spec = spec or TinyLlavaSpec()
+    out = Path(out_dir)
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)  # reductions in a fixed order: identical bytes on rebuild
+    torch.use_deterministic_algorithms(True)
+    try:
+        random.seed(spec.seed)
+        torch.manual_seed(spec.seed)
+        tokenizer = build_tokenizer(spec.seed, spec.tokenizer_vocab)
+        vocab = (len(tokenizer) + 63) // 64 * 64
+        image_token = tokenizer.convert_tokens_to_ids("<image>")
+        cfg = _config(spec, vocab, image_token, tokenizer.pad_token_id)
+        torch.manual_seed(spec.seed)
+        model = LlavaForConditionalGeneration(cfg).float()
+        processor = _processor(spec, tokenizer)
+        masks = _plant_sinks(model, processor, spec)
+        _train(model, processor, spec, masks, log)
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        _to_llava_hf_layout(tmp)
+        (tmp / "tiny_llava_spec.json").write_text(
+            json.dumps({"recipe": RECIPE_VERSION, **asdict(spec)}, indent=1, sort_keys=True)
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    return out
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("LUCID_CACHE") or Path(__file__).resolve().parents[2] / "build"
+    return Path(root)
+
+
+def ensure_tiny_llava(spec: TinyLlavaSpec | None = None, cache_dir: Path | None = None) -> Path:
+    """Return the cached build for ``spec``, building it on first use."""
+    spec = spec or TinyLlavaSpec()
+    path = (cache_dir or default_cache_dir()) / f"tiny-llava-{spec.digest()}"
+    if not (path / "model.safetensors").exists():
+        build_tiny_llava(path, spec, log=True)
+    return path
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """SHA-256 of every file of a checkpoint directory."""
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(Path(path).iterdir())
+        if f.is_file()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", type=Path)
+    for name, default in asdict(TinyLlavaSpec()).items():
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    ap.add_argument(
+        "--sink-dims",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=TINY_SINK_DIMS,
+        help="comma-separated residual dims",
+    )
+    args = vars(ap.parse_args(argv))
+    out_dir = args.pop("out_dir")
+    spec = TinyLlavaSpec(**args)
+    path = build_tiny_llava(out_dir, spec, log=True)
+    for name, digest in file_hashes(path).items():
+        print(f"{digest}  {name}")
+
+
+if __name__ == "__main__":
+    main()
