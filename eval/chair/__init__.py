@@ -1,0 +1,1 @@
+"""CHAIR (Caption Hallucination Assessment with Image Relevance): lexicon, parser, metrics."""
