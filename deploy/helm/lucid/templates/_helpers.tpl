@@ -1,0 +1,302 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "lucid.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lucid.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lucid.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lucid.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lucid.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "lucid.labels" -}}
+helm.sh/chart: {{ include "lucid.chart" . }}
+{{ include "lucid.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lucid
+{{- end }}
+
+{{/* Labels of the serving pods, their Service and the monitors that select them. */}}
+{{- define "lucid.serverSelectorLabels" -}}
+{{ include "lucid.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{- define "lucid.serverLabels" -}}
+{{ include "lucid.labels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{- define "lucid.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lucid.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "lucid.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "lucid.servedModelName" -}}
+{{- default .Values.model.name .Values.model.servedModelName }}
+{{- end }}
+
+{{- define "lucid.url" -}}
+{{- printf "http://%s.%s.svc:%d" (include "lucid.fullname" .) .Release.Namespace (int .Values.service.port) }}
+{{- end }}
+
+{{- define "lucid.hfTokenSecretName" -}}
+{{- if .Values.hfToken.existingSecret }}
+{{- .Values.hfToken.existingSecret }}
+{{- else if .Values.hfToken.value }}
+{{- printf "%s-hf-token" (include "lucid.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "lucid.modelCacheClaim" -}}
+{{- default (printf "%s-model-cache" (include "lucid.fullname" .)) .Values.modelCache.persistence.existingClaim }}
+{{- end }}
+
+{{/*
+Strategy-derived settings.
+
+Strategies that read or edit attention from Python inside the attention backend run only
+when the backend's Python runs at every step: eager mode or PIECEWISE CUDA graphs, never
+FULL graphs (attention is captured in them).
+*/}}
+{{- define "lucid.knownStrategies" -}}
+none vcd avc damro opera var
+{{- end }}
+
+{{- define "lucid.attentionStrategies" -}}
+var avc opera
+{{- end }}
+
+{{/* "true" when an enabled strategy needs the attention backend's Python every step. */}}
+{{- define "lucid.needsPythonAttention" -}}
+{{- $need := false }}
+{{- range .Values.strategies.enabled }}
+{{- if has . (splitList " " (include "lucid.attentionStrategies" $)) }}{{ $need = true }}{{ end }}
+{{- end }}
+{{- $need }}
+{{- end }}
+
+{{/* Cost factor of the slowest enabled strategy. */}}
+{{- define "lucid.slowestFactor" -}}
+{{- $max := 1.0 }}
+{{- range .Values.strategies.enabled }}
+{{- $f := index $.Values.strategies.costFactor . }}
+{{- if gt (float64 $f) $max }}{{ $max = float64 $f }}{{ end }}
+{{- end }}
+{{- $max }}
+{{- end }}
+
+{{/* Name of the slowest enabled strategy (first one wins on a tie). */}}
+{{- define "lucid.slowestStrategy" -}}
+{{- $max := 0.0 }}{{ $name := "none" }}
+{{- range .Values.strategies.enabled }}
+{{- $f := float64 (index $.Values.strategies.costFactor .) }}
+{{- if gt $f $max }}{{ $max = $f }}{{ $name = . }}{{ end }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* Seconds in-flight requests get to finish after SIGTERM. */}}
+{{- define "lucid.drainSeconds" -}}
+{{- mulf (float64 .Values.drain.maxRequestSeconds) (include "lucid.slowestFactor" . | float64) | ceil | int }}
+{{- end }}
+
+{{- define "lucid.terminationGracePeriodSeconds" -}}
+{{- if .Values.drain.terminationGracePeriodSeconds }}
+{{- .Values.drain.terminationGracePeriodSeconds | int }}
+{{- else }}
+{{- add (int .Values.drain.preStopSleepSeconds) (include "lucid.drainSeconds" . | int) (int .Values.drain.shutdownMarginSeconds) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuse values the server cannot run. The schema already checks types and enums; these are
+the rules that span several keys.
+*/}}
+{{- define "lucid.validate" -}}
+{{- $known := splitList " " (include "lucid.knownStrategies" .) }}
+{{- range .Values.strategies.enabled }}
+{{- if not (has . $known) }}
+{{- fail (printf "strategies.enabled: unknown strategy %q (known: %s)" . (join ", " $known)) }}
+{{- end }}
+{{- if not (hasKey $.Values.strategies.costFactor .) }}
+{{- fail (printf "strategies.costFactor has no entry for enabled strategy %q" .) }}
+{{- end }}
+{{- end }}
+{{- $attn := list }}
+{{- range .Values.strategies.enabled }}
+{{- if has . (splitList " " (include "lucid.attentionStrategies" $)) }}{{ $attn = append $attn . }}{{ end }}
+{{- end }}
+{{- if and $attn (hasPrefix "FULL" .Values.engine.cudagraphMode) (not .Values.engine.enforceEager) }}
+{{- fail (printf "engine.cudagraphMode=%s captures attention in FULL CUDA graphs, but %s edit attention in Python: use auto, PIECEWISE or NONE, or engine.enforceEager=true" .Values.engine.cudagraphMode (join ", " $attn)) }}
+{{- end }}
+{{- if .Values.engine.speculativeConfig }}
+{{- $others := without .Values.strategies.enabled "none" }}
+{{- if $others }}
+{{- fail (printf "engine.speculativeConfig is set, but strategies %s cannot run with speculative decoding: enable only [none] on this deployment or drop speculativeConfig" (join ", " $others)) }}
+{{- end }}
+{{- end }}
+{{- if and (has "opera" .Values.strategies.enabled) (not .Values.engine.prefixCaching) }}
+{{- fail "strategy opera needs prefix caching: set engine.prefixCaching=true or remove opera from strategies.enabled" }}
+{{- end }}
+{{- $managed := list "--model" "--host" "--port" "--strategies" "--served-model-name" "--revision" "--compilation-config" "-cc" "-O" "--enforce-eager" "--no-enforce-eager" "--enable-prefix-caching" "--no-enable-prefix-caching" "--speculative-config" "--shutdown-timeout" "--max-model-len" "--gpu-memory-utilization" "--tensor-parallel-size" "-tp" "--dtype" "--max-num-seqs" "--disable-access-log-for-endpoints" }}
+{{- range .Values.engine.extraArgs }}
+{{- $arg := . }}
+{{- range $managed }}
+{{- if or (eq $arg .) (hasPrefix (printf "%s=" .) $arg) (hasPrefix (printf "%s." .) $arg) (and (eq . "-O") (hasPrefix "-O" $arg)) }}
+{{- fail (printf "engine.extraArgs: %q is managed by the chart; set the dedicated value (see VALUES.md)" $arg) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.engine.tensorParallelSize) (int .Values.gpu.count) }}
+{{- fail (printf "engine.tensorParallelSize=%d needs at least that many GPUs, gpu.count=%d" (int .Values.engine.tensorParallelSize) (int .Values.gpu.count)) }}
+{{- end }}
+{{- if and .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled }}
+{{- fail "autoscaling.keda and autoscaling.hpa both create a HorizontalPodAutoscaler: enable one" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "metrics.serviceMonitor and metrics.podMonitor would scrape every pod twice: enable one" }}
+{{- end }}
+{{- if and .Values.autoscaling.hpa.enabled (gt (int .Values.autoscaling.hpa.minReplicas) (int .Values.autoscaling.hpa.maxReplicas)) }}
+{{- fail "autoscaling.hpa.minReplicas is larger than maxReplicas" }}
+{{- end }}
+{{- if and .Values.autoscaling.keda.enabled (gt (int .Values.autoscaling.keda.minReplicas) (int .Values.autoscaling.keda.maxReplicas)) }}
+{{- fail "autoscaling.keda.minReplicas is larger than maxReplicas" }}
+{{- end }}
+{{- if and .Values.hfToken.existingSecret .Values.hfToken.value }}
+{{- fail "hfToken: set existingSecret or value, not both" }}
+{{- end }}
+{{- end }}
+
+{{/* Server arguments (the image's entry point runs `python -m server` with them). */}}
+{{- define "lucid.args" -}}
+- --model
+- {{ .Values.model.name | quote }}
+{{- if .Values.model.revision }}
+- --revision
+- {{ .Values.model.revision | quote }}
+{{- end }}
+{{- if .Values.model.servedModelName }}
+- --served-model-name
+- {{ .Values.model.servedModelName | quote }}
+{{- end }}
+- --host
+- "0.0.0.0"
+- --port
+- {{ .Values.service.port | quote }}
+- --strategies
+- {{ join "," .Values.strategies.enabled | quote }}
+{{- with .Values.engine.maxModelLen }}
+- --max-model-len
+- {{ . | quote }}
+{{- end }}
+- --gpu-memory-utilization
+- {{ .Values.engine.gpuMemoryUtilization | quote }}
+- --tensor-parallel-size
+- {{ .Values.engine.tensorParallelSize | quote }}
+- --dtype
+- {{ .Values.engine.dtype | quote }}
+{{- with .Values.engine.maxNumSeqs }}
+- --max-num-seqs
+- {{ . | quote }}
+{{- end }}
+{{- if .Values.engine.enforceEager }}
+- --enforce-eager
+{{- else if ne .Values.engine.cudagraphMode "auto" }}
+- --compilation-config
+- {{ dict "cudagraph_mode" .Values.engine.cudagraphMode | toJson | quote }}
+{{- else if eq (include "lucid.needsPythonAttention" .) "true" }}
+- --compilation-config
+- {{ dict "cudagraph_mode" "PIECEWISE" | toJson | quote }}
+{{- end }}
+{{- if not .Values.engine.prefixCaching }}
+- --no-enable-prefix-caching
+{{- end }}
+{{- with .Values.engine.speculativeConfig }}
+- --speculative-config
+- {{ toJson . | quote }}
+{{- end }}
+{{- if .Values.drain.passShutdownTimeout }}
+- --shutdown-timeout
+- {{ include "lucid.drainSeconds" . | quote }}
+{{- end }}
+{{- with .Values.engine.quietAccessLogEndpoints }}
+- --disable-access-log-for-endpoints
+- {{ join "," . | quote }}
+{{- end }}
+{{- range .Values.engine.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* HF_TOKEN from the Secret, when one is configured. */}}
+{{- define "lucid.hfTokenEnv" -}}
+{{- with include "lucid.hfTokenSecretName" . }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.hfToken.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Label selector (PromQL) for this release's series, as Prometheus Operator labels them. */}}
+{{- define "lucid.promSelector" -}}
+namespace="{{ .Release.Namespace }}", pod=~"{{ include "lucid.fullname" . }}-[a-z0-9]+-[a-z0-9]+"
+{{- end }}
+
+{{/* Benchmark Job: the folder of this Job's results, and what every run container shares. */}}
+{{- define "lucid.benchJobName" -}}
+{{- printf "%s-bench-r%d" (include "lucid.fullname" . | trunc 40 | trimSuffix "-") (int .Release.Revision) }}
+{{- end }}
+
+{{- define "lucid.benchEnv" -}}
+{{- $results := printf "%s/%s" .Values.benchmark.results.mountPath (include "lucid.benchJobName" .) }}
+- name: LUCID_URL
+  value: {{ default (include "lucid.url" .) .Values.benchmark.targetUrl | quote }}
+- name: LUCID_MODEL
+  value: {{ include "lucid.servedModelName" . | quote }}
+- name: LUCID_STRATEGIES
+  value: {{ join "," .Values.strategies.enabled | quote }}
+- name: RESULTS_DIR
+  value: {{ $results | quote }}
+- name: BENCH_OUT
+  value: {{ printf "%s/bench.json" $results | quote }}
+{{- with .Values.benchmark.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "lucid.benchMounts" -}}
+- name: results
+  mountPath: {{ .Values.benchmark.results.mountPath }}
+{{- with .Values.benchmark.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
