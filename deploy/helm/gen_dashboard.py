@@ -112,7 +112,8 @@ def panels() -> list[dict[str, Any]]:
             "Generated tokens per request",
             [
                 (
-                    f"sum by (strategy) (rate(lucid:request_generation_tokens_sum{{{SEL}}}[{RATE}]))"
+                    f"sum by (strategy) "
+                    f"(rate(lucid:request_generation_tokens_sum{{{SEL}}}[{RATE}]))"
                     f" / sum by (strategy) "
                     f"(rate(lucid:request_generation_tokens_count{{{SEL}}}[{RATE}]))",
                     "{{strategy}}",
@@ -177,7 +178,8 @@ def panels() -> list[dict[str, Any]]:
             "5xx ratio by strategy",
             [
                 (
-                    f'sum by (strategy) (rate(lucid:request_errors_total{{{SEL}, status_code=~"5.."}}'
+                    f"sum by (strategy) "
+                    f'(rate(lucid:request_errors_total{{{SEL}, status_code=~"5.."}}'
                     f"[{RATE}])) / (sum by (strategy) "
                     f"(rate(lucid:request_errors_total{{{SEL}}}[{RATE}])) + sum by (strategy) "
                     f"(rate(lucid:requests_total{{{SEL}}}[{RATE}])))",
@@ -226,7 +228,8 @@ def panels() -> list[dict[str, Any]]:
             "Engine request outcomes",
             [
                 (
-                    f"sum by (finished_reason) (rate(vllm:request_success_total{{{VSEL}}}[{RATE}]))",
+                    f"sum by (finished_reason) "
+                    f"(rate(vllm:request_success_total{{{VSEL}}}[{RATE}]))",
                     "{{finished_reason}}",
                 )
             ],
@@ -308,9 +311,7 @@ def dashboard() -> dict[str, Any]:
                     "refresh": 1,
                 },
                 _variable("model_name", "Model", "label_values(lucid:build_info, model_name)"),
-                _variable(
-                    "strategy", "Strategy", "label_values(lucid:requests_total, strategy)"
-                ),
+                _variable("strategy", "Strategy", "label_values(lucid:requests_total, strategy)"),
             ]
         },
         "panels": panels(),
