@@ -1,0 +1,70 @@
+"""The chart's values reference (VALUES.md) is generated from values.schema.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "helm" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+doc = _load("gen_values_doc")
+
+
+def test_values_md_is_up_to_date() -> None:
+    assert doc.main(["--check"]) == 0, "run: python deploy/helm/gen_values_doc.py"
+
+
+def test_every_value_is_documented_with_its_default() -> None:
+    schema = json.loads((doc.CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((doc.CHART / "values.yaml").read_text())
+    assert doc.undocumented(schema, values) == []
+    text = doc.OUT.read_text()
+    assert "| `strategies.enabled` | list of `none` \\| `vcd`" in text
+    assert '`["none", "vcd", "avc", "damro", "opera", "var"]`' in text
+    assert "| `drain.maxRequestSeconds` | integer | `60` |" in text
+    for key in ("metrics.serviceMonitor.enabled", "autoscaling.keda.enabled", "benchmark.runs"):
+        assert f"| `{key}` |" in text
+
+
+def test_schema_keeps_values_yaml_honest() -> None:
+    schema = json.loads((doc.CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    assert doc.undocumented(schema, {"engine": {"newKnob": 1}}) == ["engine.newKnob"]
+
+
+@pytest.fixture()
+def chart_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "lucid"
+    shutil.copytree(doc.CHART, target)
+    return target
+
+
+def test_stale_or_incomplete_docs_are_caught(chart_copy: Path) -> None:
+    values = yaml.safe_load((chart_copy / "values.yaml").read_text())
+    values["drain"]["maxRequestSeconds"] = 90
+    (chart_copy / "values.yaml").write_text(yaml.safe_dump(values))
+    assert doc.render(chart_copy) != doc.OUT.read_text()
+    schema = json.loads((chart_copy / "values.schema.json").read_text())
+    del schema["properties"]["drain"]["properties"]["preStopSleepSeconds"]["description"]
+    (chart_copy / "values.schema.json").write_text(json.dumps(schema))
+    with pytest.raises(ValueError, match="drain.preStopSleepSeconds has no description"):
+        doc.render(chart_copy)
