@@ -87,6 +87,12 @@ def test_rollback_position_budget_and_window() -> None:
     assert r.target(12, 30) == 30 - 4 - 1  # at most `window` positions back
 
 
+def test_rollback_target_clamped_to_last_decided_position() -> None:
+    r = _retro(beams=1, threshold=0, candidates=5)
+    r.record(torch.tensor([[12]]))
+    assert r.target(12, 13) == 11  # 12 tokens decided (0..11) + candidate 12
+
+
 def test_reject_accumulates_and_forgets_later_positions() -> None:
     r = _retro()
     assert r.reject(13, [(0, 5)]) == {(0, 5)}

@@ -22,7 +22,9 @@ generated tokens: the official ``window_size`` only bounds the history buffers).
   holds ``r`` more than ``threshold`` times and ``r >= 10``, decoding returns to
   generated position ``r + 1`` (or ``r`` if ``r + 1`` was already used ``num_candidates``
   times; none if ``r`` was too), at most ``window`` positions back, and re-chooses that
-  token excluding the (beam, token) pairs chosen there before.
+  token excluding the (beam, token) pairs chosen there before. A target at or past the
+  current position is clamped to the last decided position (official: the restore reads
+  the second-to-last saved state, ``:3478-3486``, which is that position then).
 
 Deviations from the official code, and why:
 
@@ -134,7 +136,9 @@ class Retrospection:
             return None
         if not all(h.count(r) > self.threshold for h in self.history):
             return None
-        pos = r + 1
+        # A target at or past the current position is clamped to the last decided one
+        # (window_len - 2), which is where the official code effectively returns then.
+        pos = min(r + 1, window_len - 2)
         if self.used[pos] >= self.num_candidates:
             pos = r
             if self.used[pos] >= self.num_candidates:

@@ -1,0 +1,347 @@
+"""The reference engine: every strategy on a plain ``transformers`` LLaVA checkpoint.
+
+One request at a time (batch 1), a plain Python loop, eager attention everywhere
+(:mod:`decoding.reference.attention`): slow and simple, so that it can be trusted as the
+oracle the served paths are compared with token for token, and as the batch-1 "official
+way" baseline of the benchmarks.
+
+* ``none``: one branch; greedy = argmax of the logits, sampling = temperature/top-p and
+  one draw from a ``torch.Generator`` seeded with ``seed``.
+* ``vcd`` / ``avc`` / ``damro``: two branches with SEPARATE KV caches (the clean prompt
+  and the contrast input), both advanced with the chosen token every step; the step
+  scores are :func:`decoding.cores.contrastive.contrast_logits`. This is correct where
+  VCD's official loop before commit ``c637c85`` (2024-07-16) was not: it re-copied the
+  clean branch's cache into the contrast branch every step, so from the second token on
+  the contrast logits equalled the clean ones. With ``alpha = 0`` the contrast branch is
+  not run (it cannot change the scores).
+* ``var``: one branch whose attention probabilities are edited in the profile's layers.
+* ``opera``: beam search, see :mod:`decoding.reference.opera`.
+
+Parity contract with the served path (per step): the chosen token; the log-probability
+of that token under the distribution it was drawn from (the contrasted, masked and warped
+one); and that distribution's top-two margin, so near-ties (margin ~ 0) can be excused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from decoding.cores import avc as avc_core
+from decoding.cores import damro as damro_core
+from decoding.cores import var as var_core
+from decoding.cores import vcd as vcd_core
+from decoding.cores.contrastive import Choice, choose, contrast_logits
+from decoding.profiles import ModelProfile, profile_for
+from decoding.reference.attention import decoder_attention_modules, lucid_attention
+from decoding.reference.inputs import PromptInputs, encode, eos_ids, image_features, splice
+from decoding.strategies import Decoding, resolve
+
+
+@dataclass
+class ReferenceResult:
+    """Output of one reference run."""
+
+    strategy: str
+    params: dict[str, Any]
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    #: Per generated token: log-probability under the distribution it was chosen from.
+    logprobs: list[float]
+    #: Per generated token: top-two log-probability margin of that distribution.
+    margins: list[float]
+    finish_reason: str  # "stop" (EOS) or "length"
+    #: Strategy diagnostics (blind tokens, outliers, sinks, rollbacks, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Branch:
+    """One KV cache and the input that started it."""
+
+    def __init__(self, model: Any, embeds: torch.Tensor) -> None:
+        self.model = model
+        self.embeds = embeds
+        self.cache: Any = None
+
+    def prefill(self, output_attentions: bool = False) -> tuple[torch.Tensor, Any]:
+        out = self.model(
+            inputs_embeds=self.embeds, use_cache=True, output_attentions=output_attentions
+        )
+        self.cache = out.past_key_values
+        return out.logits[0, -1].float(), out
+
+    def step(self, token: int) -> torch.Tensor:
+        ids = torch.tensor([[token]], device=self.embeds.device)
+        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[0, -1].float()
+
+
+def _decoding(decoding: Any) -> Decoding:
+    return decoding if isinstance(decoding, Decoding) else resolve(decoding)
+
+
+def _clean_embeds(model: Any, inputs: PromptInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    feats = None if inputs.pixel_values is None else image_features(model, inputs.pixel_values)
+    return splice(model, inputs.input_ids, feats), feats
+
+
+# --- contrast inputs -------------------------------------------------------------------
+
+
+def _vcd_contrast(model: Any, inputs: PromptInputs, params: Any, info: dict) -> torch.Tensor:
+    noised = vcd_core.add_diffusion_noise(inputs.pixel_values, params.noise_step, params.noise_seed)
+    return splice(model, inputs.input_ids, image_features(model, noised))
+
+
+def avc_image_attention(
+    attentions: tuple[torch.Tensor, ...], positions: torch.Tensor
+) -> torch.Tensor:
+    """``(layers, image_tokens)``: head-mean attention of the last prompt token."""
+    return torch.stack([a[0, :, -1, positions].float().mean(dim=0) for a in attentions])
+
+
+def _avc_contrast(
+    clean_embeds: torch.Tensor, prefill_out: Any, inputs: PromptInputs, params: Any, info: dict
+) -> torch.Tensor:
+    attn = avc_image_attention(prefill_out.attentions, inputs.image_positions)
+    blind = avc_core.blind_tokens(attn, params.gamma, params.lamb)
+    info["avc_layers"] = avc_core.select_layers(attn.double().sum(-1), params.gamma).tolist()
+    info["avc_blind"] = torch.nonzero(blind).flatten().tolist()
+    masked = avc_core.mask_image_embeddings(
+        clean_embeds[0], inputs.image_positions, blind, params.mask
+    )
+    return masked.unsqueeze(0)
+
+
+def vision_qk(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q``/``k`` projections ``(tokens, C)`` of the feature layer of the vision tower
+    (forward hooks on ``q_proj``/``k_proj``, as the official DAMRO code)."""
+    tower = model.model.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    idx = damro_core.feature_layer_index(model.config.vision_feature_layer, len(layers))
+    attn = layers[idx].self_attn
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        attn.q_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("q", o)),
+        attn.k_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("k", o)),
+    ]
+    try:
+        model.model.vision_tower(pixel_values, output_hidden_states=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen["q"][0], seen["k"][0]
+
+
+def _damro_contrast(
+    model: Any, inputs: PromptInputs, feats: torch.Tensor, params: Any, info: dict
+) -> torch.Tensor:
+    q, k = vision_qk(model, inputs.pixel_values)
+    scores = damro_core.cls_patch_attention(q, k)
+    outliers = damro_core.top_outliers(scores, params.top_k)
+    info["damro_outliers"] = outliers.tolist()
+    ids = inputs.input_ids[0]
+    first, last = int(inputs.image_positions[0]), int(inputs.image_positions[-1])
+    embed = model.get_input_embeddings()
+    parts = [embed(ids[:first]), feats[outliers].to(feats.dtype), embed(ids[last + 1 :])]
+    return torch.cat(parts, dim=0).unsqueeze(0)
+
+
+# --- VAR -------------------------------------------------------------------------------
+
+
+class VARState:
+    """Per-request VAR state: sinks per layer from the prefill, and the attention edits."""
+
+    def __init__(self, model: Any, inputs: PromptInputs, params: Any, profile: ModelProfile):
+        self.params = params
+        self.tau = params.tau if params.tau is not None else profile.sink_tau
+        self.dims = profile.sink_dims
+        self.layers = [
+            i for i in profile.var_layer_set() if i < len(decoder_attention_modules(model))
+        ]
+        self.prompt_len = inputs.length
+        self.image = torch.zeros(inputs.length, dtype=torch.bool, device=inputs.input_ids.device)
+        self.image[inputs.image_positions] = True
+        self.image_end = int(inputs.image_positions[-1]) if inputs.image_positions.numel() else -1
+        self.sinks: dict[int, torch.Tensor] = {}
+        self.edited_rows = 0
+        self._handles: list[Any] = []
+        decoder = model.model.language_model.layers
+        for i in self.layers:
+            self._handles.append(
+                decoder[i].register_forward_pre_hook(self._probe(i), with_kwargs=True)
+            )
+            decoder_attention_modules(model)[i]._lucid_edit = self._edit(i)
+
+    def _probe(self, layer: int):  # noqa: ANN202
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[1] == self.prompt_len and layer not in self.sinks:
+                self.sinks[layer] = var_core.sink_mask(hidden[0], self.dims, self.tau)
+
+        return hook
+
+    def _edit(self, layer: int):  # noqa: ANN202
+        def edit(probs: torch.Tensor, module: Any) -> torch.Tensor:
+            sinks = self.sinks.get(layer)
+            if sinks is None or self.params.p == 0.0:
+                return probs
+            keys, queries = probs.shape[-1], probs.shape[-2]
+            pad = keys - self.prompt_len
+            sink_k = torch.nn.functional.pad(sinks, (0, pad))
+            image_k = torch.nn.functional.pad(self.image, (0, pad))
+            rows = var_core.select_rows(
+                probs, image_k, sink_k & image_k, self.params.rho, self.params.summ
+            )
+            qpos = torch.arange(keys - queries, keys, device=probs.device)
+            rows = rows & (qpos > self.image_end)  # prefill: text after the image only
+            self.edited_rows += int(rows.sum())
+            return var_core.redistribute(probs, rows, sink_k, image_k, self.params.p)
+
+        return edit
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "var_tau": self.tau,
+            "var_layers": self.layers,
+            "var_sinks": {i: torch.nonzero(s).flatten().tolist() for i, s in self.sinks.items()},
+            "var_edited_rows": self.edited_rows,
+        }
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reference_generate(
+    model: Any,
+    processor: Any,
+    image: Any,
+    prompt: str,
+    decoding: Any = None,
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    profile: ModelProfile | None = None,
+) -> ReferenceResult:
+    """Generate one answer with ``decoding`` (a raw ``decoding`` dict, ``None`` for
+    ``none``, or a resolved :class:`~decoding.strategies.Decoding`).
+
+    ``temperature == 0`` is greedy; otherwise sampling with ``top_p`` from a generator
+    seeded with ``seed`` (0 if None). Generation stops at EOS or ``max_new_tokens``.
+    """
+    dec = _decoding(decoding)
+    name, params = dec.name, dec.params
+    if dec.strategy.needs_image and image is None:
+        raise ValueError(f"strategy {name!r} needs an image")
+    profile = profile or profile_for(model.config)
+    inputs = encode(model, processor, image, prompt)
+    stop = eos_ids(model, processor)
+    info: dict[str, Any] = {}
+    if name == "opera":
+        from decoding.reference.opera import opera_generate
+
+        with lucid_attention(model):
+            tokens, logprobs, margins, finish, info = opera_generate(
+                model, inputs, params, stop, max_new_tokens
+            )
+    else:
+        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        with lucid_attention(model):
+            tokens, logprobs, margins, finish = _decode(
+                model,
+                inputs,
+                name,
+                params,
+                profile,
+                stop,
+                max_new_tokens,
+                temperature,
+                top_p,
+                generator,
+                info,
+            )
+    return ReferenceResult(
+        strategy=name,
+        params=params.model_dump(),
+        prompt_ids=inputs.input_ids[0].tolist(),
+        token_ids=tokens,
+        text=processor.tokenizer.decode(tokens, skip_special_tokens=True),
+        logprobs=logprobs,
+        margins=margins,
+        finish_reason=finish,
+        info=info,
+    )
+
+
+def _decode(
+    model: Any,
+    inputs: PromptInputs,
+    name: str,
+    params: Any,
+    profile: ModelProfile,
+    stop: set[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+    info: dict,
+) -> tuple[list[int], list[float], list[float], str]:
+    clean_embeds, feats = _clean_embeds(model, inputs)
+    clean = Branch(model, clean_embeds)
+    var_state = VARState(model, inputs, params, profile) if name == "var" else None
+    try:
+        logits, out = clean.prefill(output_attentions=name == "avc")
+        contrast: Branch | None = None
+        alpha = getattr(params, "alpha", 0.0) if name in ("vcd", "avc", "damro") else 0.0
+        if name == "avc":  # blind tokens are reported even when alpha is 0
+            contrast_embeds = _avc_contrast(clean_embeds, out, inputs, params, info)
+        elif name == "damro":
+            contrast_embeds = _damro_contrast(model, inputs, feats, params, info)
+        elif name == "vcd" and alpha != 0.0:
+            contrast_embeds = _vcd_contrast(model, inputs, params, info)
+        del out
+        c_logits = None
+        if alpha != 0.0:
+            contrast = Branch(model, contrast_embeds)
+            c_logits, _ = contrast.prefill()
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        margins: list[float] = []
+        finish = "length"
+        for _ in range(max_new_tokens):
+            if contrast is not None:
+                scores = contrast_logits(logits, c_logits, alpha, params.beta)
+            elif name in ("vcd", "avc", "damro"):
+                scores = contrast_logits(logits, logits, 0.0, params.beta)
+            else:
+                scores = logits
+            choice: Choice = choose(scores, temperature, top_p, generator)
+            tokens.append(choice.token)
+            logprobs.append(choice.logprob)
+            margins.append(choice.margin)
+            if choice.token in stop:
+                finish = "stop"
+                break
+            if len(tokens) == max_new_tokens:
+                break
+            logits = clean.step(choice.token)
+            if contrast is not None:
+                c_logits = contrast.step(choice.token)
+        if var_state is not None:
+            info.update(var_state.summary())
+        return tokens, logprobs, margins, finish
+    finally:
+        if var_state is not None:
+            var_state.close()
