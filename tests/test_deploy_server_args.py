@@ -1,0 +1,58 @@
+"""The arguments the chart passes are ones the server and vLLM 0.32 accept."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "helm" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cc = _load("chartcheck")
+
+
+def test_chart_strategies_are_the_registry() -> None:
+    from decoding.strategies import available
+
+    schema = json.loads((cc.CHART / "values.schema.json").read_text())
+    strategies = schema["properties"]["strategies"]["properties"]
+    assert set(strategies["enabled"]["items"]["enum"]) == set(available())
+    assert set(strategies["costFactor"]["properties"]) == set(available())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", cc.CI_VALUES, ids=lambda p: p.name)
+def test_vllm_parses_the_server_arguments(path: Path) -> None:
+    from decoding.engine.frontend import make_parser
+
+    parser = make_parser("chart arguments")
+    parser.add_argument("--strategies")  # the server's own flag (server/cli.py)
+    deployment = cc.one(cc.render(cc.load_values(path)), "Deployment")
+    container = next(
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "server"
+    )
+    args = parser.parse_args(container["args"])
+    assert args.model and args.port == 8000 and args.host == "0.0.0.0"
+    if "--shutdown-timeout" in container["args"]:
+        assert args.shutdown_timeout > 0
+    if "--compilation-config" in container["args"]:
+        assert args.compilation_config.cudagraph_mode is not None
+    if "--speculative-config" in container["args"]:
+        assert args.speculative_config["method"] == "ngram"
+    assert args.disable_access_log_for_endpoints == "/health,/metrics"
