@@ -1,0 +1,3 @@
+from decoding.reference.cli import main
+
+raise SystemExit(main())
