@@ -408,18 +408,58 @@ def test_benchmark_job_runs_in_order_against_the_service() -> None:
     commands = {c["name"]: c["command"] for c in spec["initContainers"]}
     assert commands["run-pope"][:4] == ["python", "-m", "eval", "pope"]
     assert commands["run-chair"][:4] == ["python", "-m", "eval", "chair"]
-    assert commands["run-bench"] == ["make", "bench", "URL=$(LUCID_URL)"]
+    assert commands["run-bench"] == ["make", "-o", "venv", "bench", "URL=$(LUCID_URL)", "PY=python"]
     for container in spec["initContainers"] + spec["containers"]:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["LUCID_URL"] == "http://demo-lucid.ml.svc:8000"
         assert env["RESULTS_DIR"] == "/results/demo-lucid-bench-r1"
         assert env["BENCH_OUT"] == "/results/demo-lucid-bench-r1/bench.json"
+        assert env["COCO_IMAGES"] == "/data/coco/val2014"
         assert {"name": "results", "mountPath": "/results"} in container["volumeMounts"]
     pvc = next(
         o for o in cc.find(objects, "PersistentVolumeClaim") if "bench" in o["metadata"]["name"]
     )
     assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert "--all-containers" in cc.notes(values)
+
+
+def test_benchmark_dataset_claim_is_mounted_read_only() -> None:
+    values = {"benchmark": {"enabled": True, "data": {"existingClaim": "coco"}}}
+    spec = cc.one(cc.render(values), "Job")["spec"]["template"]["spec"]
+    assert {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": "coco", "readOnly": True},
+    } in spec["volumes"]
+    for container in spec["initContainers"]:
+        assert {"name": "data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
+
+
+def _expand(command: list[str], env: dict[str, str]) -> list[str]:
+    out = []
+    for arg in command:
+        for name, value in env.items():
+            arg = arg.replace(f"$({name})", value)
+        assert "$(" not in arg, f"{arg}: variable not defined in the Job's environment"
+        out.append(arg)
+    return out
+
+
+def test_default_benchmark_commands_parse() -> None:
+    from eval.cli import build_parser
+
+    spec = cc.one(cc.render({"benchmark": {"enabled": True}}), "Job")["spec"]["template"]["spec"]
+    for container in spec["initContainers"][1:]:
+        env = {e["name"]: e["value"] for e in container["env"]}
+        argv = _expand(container["command"], env)
+        if argv[:3] == ["python", "-m", "eval"]:
+            args = build_parser().parse_args(argv[3:])
+            assert args.url == "http://demo-lucid.ml.svc:8000"
+            assert args.strategies == ",".join(ALL_STRATEGIES)
+            assert str(args.out).startswith(env["RESULTS_DIR"])
+        else:
+            assert argv[:4] == ["make", "-o", "venv", "bench"]
+            makefile = (cc.HERE.parent.parent / "Makefile").read_text()
+            assert "\nbench:" in "\n" + makefile and "$(BENCH_OUT)" in makefile
 
 
 def test_benchmark_job_name_changes_with_revision() -> None:

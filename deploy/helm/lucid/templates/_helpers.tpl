@@ -288,6 +288,10 @@ namespace="{{ .Release.Namespace }}", pod=~"{{ include "lucid.fullname" . }}-[a-
   value: {{ $results | quote }}
 - name: BENCH_OUT
   value: {{ printf "%s/bench.json" $results | quote }}
+- name: COCO_IMAGES
+  value: {{ .Values.benchmark.data.cocoImages | quote }}
+- name: COCO_ANNOTATIONS
+  value: {{ .Values.benchmark.data.cocoAnnotations | quote }}
 {{- with .Values.benchmark.env }}
 {{ toYaml . }}
 {{- end }}
@@ -296,6 +300,11 @@ namespace="{{ .Release.Namespace }}", pod=~"{{ include "lucid.fullname" . }}-[a-
 {{- define "lucid.benchMounts" -}}
 - name: results
   mountPath: {{ .Values.benchmark.results.mountPath }}
+{{- if .Values.benchmark.data.existingClaim }}
+- name: data
+  mountPath: {{ .Values.benchmark.data.mountPath }}
+  readOnly: true
+{{- end }}
 {{- with .Values.benchmark.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
