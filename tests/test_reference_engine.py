@@ -220,7 +220,14 @@ def test_opera_rollback_path(tiny) -> None:  # noqa: ANN001
 
 
 def test_text_only_and_image_required(tiny) -> None:  # noqa: ANN001
+    from decoding.strategies import DecodingParamError
+
     model, processor = tiny
+    image = _image(0)
+    with pytest.raises(DecodingParamError):
+        reference_generate(model, processor, image, "Hi", {"strategy": "opera"}, temperature=0.7)
+    with pytest.raises(ValueError):
+        reference_generate(model, processor, image, "Hi", None, max_new_tokens=0)
     out = reference_generate(model, processor, None, "Describe the image.", None, max_new_tokens=3)
     assert len(out.token_ids) <= 3
     with pytest.raises(ValueError):

@@ -240,9 +240,15 @@ def reference_generate(
 
     ``temperature == 0`` is greedy; otherwise sampling with ``top_p`` from a generator
     seeded with ``seed`` (0 if None). Generation stops at EOS or ``max_new_tokens``.
+    Sampling options a strategy rejects at admission raise
+    :class:`~decoding.strategies.DecodingParamError` here too.
     """
     dec = _decoding(decoding)
     name, params = dec.name, dec.params
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    # The same sampling checks as at admission (OPERA does not sample).
+    dec.strategy.check_request(params, {"temperature": temperature, "top_p": top_p})
     if dec.strategy.needs_image and image is None:
         raise ValueError(f"strategy {name!r} needs an image")
     profile = profile or profile_for(model.config)

@@ -75,7 +75,7 @@ def _candidate_scores(
     square = core.normalize_rows(square)
     window = square[..., prompt_len:]  # rows are the generated tokens: (k, n, t+1, t+1)
     phi, loc = core.overtrust_scores(window, params.scale_factor)
-    img = torch.nn.functional.pad(image_mask, (0, width - image_mask.shape[0]))
+    img = torch.nn.functional.pad(image_mask, (0, width - image_mask.shape[0])).to(square.device)
     mass = (square[:, :, -1, :] * img).sum(-1)
     penalty = core.candidate_penalty(phi, mass, t + 1, params.alpha)
     return penalty, loc
