@@ -85,10 +85,20 @@ def notes(values: dict[str, Any] | None = None) -> str:
     return next(t for p, t in render_files(values).items() if p.endswith("NOTES.txt"))
 
 
-def lint(values: dict[str, Any] | None = None) -> list[str]:
-    """helm lint --strict findings of severity warning or error."""
-    report = helm.lint(CHART, values or {}, strict=True, namespace=NAMESPACE)
-    return [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
+def lint(
+    values: dict[str, Any] | None = None, versions: Iterable[str] = KUBE_VERSIONS
+) -> list[str]:
+    """helm lint --strict findings of severity warning or error, for each Kubernetes version."""
+    found: list[str] = []
+    for version in versions:
+        report = helm.lint(
+            CHART, values or {}, strict=True, namespace=NAMESPACE, kube_version=f"v{version}"
+        )
+        for m in report["messages"]:
+            problem = f"{m['path']}: {m['error']}"
+            if m["severity"] >= 2 and problem not in found:
+                found.append(problem)
+    return found
 
 
 def find(objects: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -326,7 +336,7 @@ def check_crds(objects: list[dict[str, Any]]) -> list[str]:
 
 def check_all(values: dict[str, Any], versions: Iterable[str] = KUBE_VERSIONS) -> list[str]:
     """Everything for one values set: lint, strict schemas of built-in kinds, CRD structure."""
-    problems = lint(values)
+    problems = lint(values, versions)
     objects = render(values)
     for obj in objects:
         try:
