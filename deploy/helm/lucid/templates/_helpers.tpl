@@ -277,7 +277,7 @@ namespace="{{ .Release.Namespace }}", pod=~"{{ include "lucid.fullname" . }}-[a-
 {{- end }}
 
 {{- define "lucid.benchEnv" -}}
-{{- $results := printf "%s/%s" .Values.benchmark.results.mountPath (include "lucid.benchJobName" .) }}
+{{- $results := printf "%s/%s" .Values.benchmark.results.mountPath (include "lucid.benchJobName" .) -}}
 - name: LUCID_URL
   value: {{ default (include "lucid.url" .) .Values.benchmark.targetUrl | quote }}
 - name: LUCID_MODEL
