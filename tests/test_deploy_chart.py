@@ -82,6 +82,13 @@ def test_values_file_lints_and_every_object_validates(path: Path) -> None:
     assert cc.check_all(cc.load_values(path)) == []
 
 
+@pytest.mark.parametrize("path", cc.CI_VALUES, ids=lambda p: p.name)
+def test_rendered_text_is_tidy(path: Path) -> None:
+    for template, text in cc.render_files(cc.load_values(path)).items():
+        for number, line in enumerate(text.splitlines(), start=1):
+            assert line == line.rstrip(), f"{template}:{number}: trailing whitespace"
+
+
 def test_strict_validation_catches_unknown_fields() -> None:
     problems = cc.check_all({"extraEnv": [{"name": "X", "valu": "1"}]}, versions=["1.29.0"])
     assert any("'valu' was unexpected" in p for p in problems)
