@@ -178,7 +178,7 @@ def test_references_are_exported_by_the_running_server(
 def test_alerts(full_objects: list[dict[str, Any]]) -> None:
     rule = cc.one(full_objects, "PrometheusRule")
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert {"LucidServerDown", "LucidStrategyErrorRatioHigh", "LucidQueueGrowing"} <= set(rules)
+    assert {"LucidEngineDown", "LucidStrategyErrorRatioHigh", "LucidQueueGrowing"} <= set(rules)
     assert "by (strategy)" in rules["LucidStrategyErrorRatioHigh"]["expr"]
     assert (
         "{{ $labels.strategy }}" in rules["LucidStrategyErrorRatioHigh"]["annotations"]["summary"]
