@@ -272,7 +272,7 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
         "label": label,
         "type": "query",
         "datasource": DS,
-        "query": {"query": query, "refId": f"{name}-var"},
+        "query": query,
         "definition": query,
         "refresh": 2,
         "includeAll": True,
