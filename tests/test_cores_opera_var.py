@@ -178,6 +178,12 @@ def test_var_row_selection() -> None:
     assert var.select_rows(probs, IMAGE, VSINKS, 0.2, 0.2).tolist() == [True, False, True]
 
 
+def test_var_no_visual_sinks_no_rows() -> None:
+    probs = torch.tensor([[0.5, 0.1, 0.2, 0.1, 0.0, 0.1]])
+    none = torch.zeros(6, dtype=torch.bool)
+    assert not var.select_rows(probs, IMAGE, none, 0.5, 0.2).any()
+
+
 def test_var_redistribution_by_hand() -> None:
     probs = torch.tensor([[0.5, 0.1, 0.2, 0.1, 0.0, 0.1], [0.5, 0.1, 0.2, 0.1, 0.0, 0.1]])
     rows = torch.tensor([True, False])

@@ -13,7 +13,8 @@ commit ``98e62d6``: ``src/logic/logic.py`` (sink dimensions ``:99-108``, head se
 2. Rows (per head ``h`` and query ``i``, post-softmax probabilities ``a``):
    ``V = sum_{image} a``; sink share ``r = sum_{visual sinks} a / sum_{image} (a + 1e-6)``;
    the row is image-centric if ``V >= summ`` and the NON-sink share ``1 - r >= rho``
-   (paper meaning of ``rho``).
+   (paper meaning of ``rho``). In a layer without visual sinks no row is selected, even
+   if it has text sinks (official ``HeadFork``).
 3. Redistribution on each selected row: the attention on every sink of the layer (visual
    and text sinks, e.g. BOS) is multiplied by ``1 - p``; the removed mass
    ``p * sum_{sinks} a`` is added to the non-sink image tokens in proportion to their
@@ -60,8 +61,11 @@ def select_rows(
 ) -> torch.Tensor:
     """Image-centric rows. ``probs``: ``(..., keys)``; masks: ``(keys,)`` bool.
 
-    Returns ``(...)`` bool: ``sum_image >= summ`` and ``r <= 1 - rho``.
+    Returns ``(...)`` bool: ``sum_image >= summ`` and ``r <= 1 - rho``. A layer without
+    visual sinks selects no row (as the official ``HeadFork``, ``logic.py:115-145``).
     """
+    if not bool(visual_sinks.any()):
+        return torch.zeros(probs.shape[:-1], dtype=torch.bool, device=probs.device)
     p = probs.float()
     img = (p * image_mask).sum(dim=-1)
     denom = img + SHARE_EPS * image_mask.sum()
