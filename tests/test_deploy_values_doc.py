@@ -68,3 +68,23 @@ def test_stale_or_incomplete_docs_are_caught(chart_copy: Path) -> None:
     (chart_copy / "values.schema.json").write_text(json.dumps(schema))
     with pytest.raises(ValueError, match="drain.preStopSleepSeconds has no description"):
         doc.render(chart_copy)
+
+
+def test_guide_commands_use_real_values_and_files() -> None:
+    import re
+
+    import helm_python as helm
+
+    guide = (ROOT / "deploy" / "README.md").read_text()
+    sets = re.findall(r"--set ([\w.]+=\S+)", guide)
+    assert {s.split("=")[0] for s in sets} >= {"image.repository", "hfToken.existingSecret"}
+    with helm.Chart.load(doc.CHART) as chart:
+        for expression in sets:
+            values = helm.parse_set_string(expression)
+            chart.validate_schema(values)
+            chart.render(values, name="lucid", namespace="lucid")
+    for target in re.findall(r"\]\(([^)#]+)\)", guide):
+        if not target.startswith("http"):
+            assert (ROOT / "deploy" / target).exists(), target
+    for path in re.findall(r"`((?:helm|docker)/[\w./-]+)`", guide):
+        assert (ROOT / "deploy" / path).exists(), path
