@@ -221,6 +221,9 @@ def test_escape_hatches() -> None:
     assert {"name": "scratch", "emptyDir": {}} in pod_spec(objects)["volumes"]
     extra = [o for o in cc.find(objects, "ConfigMap") if o["metadata"]["name"] == "demo-extra"]
     assert extra and extra[0]["data"]["note"] == "rendered through tpl"
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: '{{ .Release.Name }}-as-text'\n"
+    objects = cc.render({"extraObjects": [text]})
+    assert any(o["metadata"]["name"] == "demo-as-text" for o in cc.find(objects, "ConfigMap"))
 
 
 # Strategies and the engine flags they need ----------------------------------------------------
