@@ -117,12 +117,16 @@ def _avc_contrast(
     return masked.unsqueeze(0)
 
 
-def vision_qk(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_qk(
+    model: Any, pixel_values: torch.Tensor, feature_layer: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``q``/``k`` projections ``(tokens, C)`` of the feature layer of the vision tower
     (forward hooks on ``q_proj``/``k_proj``, as the official DAMRO code)."""
     tower = model.model.vision_tower
     layers = getattr(tower, "vision_model", tower).encoder.layers
-    idx = damro_core.feature_layer_index(model.config.vision_feature_layer, len(layers))
+    if feature_layer is None:
+        feature_layer = model.config.vision_feature_layer
+    idx = damro_core.feature_layer_index(feature_layer, len(layers))
     attn = layers[idx].self_attn
     seen: dict[str, torch.Tensor] = {}
     hooks = [
@@ -138,9 +142,14 @@ def vision_qk(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _damro_contrast(
-    model: Any, inputs: PromptInputs, feats: torch.Tensor, params: Any, info: dict
+    model: Any,
+    inputs: PromptInputs,
+    feats: torch.Tensor,
+    params: Any,
+    profile: ModelProfile,
+    info: dict,
 ) -> torch.Tensor:
-    q, k = vision_qk(model, inputs.pixel_values)
+    q, k = vision_qk(model, inputs.pixel_values, profile.vision_feature_layer)
     scores = damro_core.cls_patch_attention(q, k)
     outliers = damro_core.top_outliers(scores, params.top_k)
     info["damro_outliers"] = outliers.tolist()
@@ -252,7 +261,7 @@ def reference_generate(
     if dec.strategy.needs_image and image is None:
         raise ValueError(f"strategy {name!r} needs an image")
     profile = profile or profile_for(model.config)
-    inputs = encode(model, processor, image, prompt)
+    inputs = encode(model, processor, image, prompt, profile.image_token_id)
     stop = eos_ids(model, processor)
     info: dict[str, Any] = {}
     if name == "opera":
@@ -314,7 +323,7 @@ def _decode(
         if name == "avc":  # blind tokens are reported even when alpha is 0
             contrast_embeds = _avc_contrast(clean_embeds, out, inputs, params, info)
         elif name == "damro":
-            contrast_embeds = _damro_contrast(model, inputs, feats, params, info)
+            contrast_embeds = _damro_contrast(model, inputs, feats, params, profile, info)
         elif name == "vcd" and alpha != 0.0:
             contrast_embeds = _vcd_contrast(model, inputs, params, info)
         del out

@@ -32,7 +32,12 @@ class PromptInputs:
         return int(self.input_ids.shape[1])
 
 
-def encode(model: Any, processor: Any, image: Any, prompt: str) -> PromptInputs:
+def encode(
+    model: Any, processor: Any, image: Any, prompt: str, image_token_id: int | None = None
+) -> PromptInputs:
+    """Token ids, pixels and image positions; ``image_token_id`` defaults to the config's
+    (the reference passes the model profile's)."""
+    token = model.config.image_token_id if image_token_id is None else image_token_id
     text = chat_prompt(processor, prompt, with_image=image is not None)
     if image is None:
         enc = processor(text=text, return_tensors="pt")
@@ -42,7 +47,7 @@ def encode(model: Any, processor: Any, image: Any, prompt: str) -> PromptInputs:
     pixels = enc.get("pixel_values")
     if pixels is not None:
         pixels = pixels.to(model.device, model.dtype)
-    positions = torch.nonzero(ids[0] == model.config.image_token_id).flatten()
+    positions = torch.nonzero(ids[0] == token).flatten()
     return PromptInputs(input_ids=ids, pixel_values=pixels, image_positions=positions)
 
 
