@@ -232,3 +232,15 @@ def test_text_only_and_image_required(tiny) -> None:  # noqa: ANN001
     assert len(out.token_ids) <= 3
     with pytest.raises(ValueError):
         reference_generate(model, processor, None, "Hi", {"strategy": "vcd"}, max_new_tokens=3)
+
+
+def test_prompt_is_the_llava_chat_template(tiny) -> None:  # noqa: ANN001
+    from decoding.reference.inputs import chat_prompt
+
+    model, processor = tiny
+    assert chat_prompt(processor, "Hi") == "USER: <image>\nHi ASSISTANT:"
+    enc = encode(model, processor, _image(0), "Hi")
+    assert enc.image_positions.numel() == 64  # 112 px / 14 px patches, CLS dropped
+    assert enc.image_positions.tolist() == list(
+        range(int(enc.image_positions[0]), int(enc.image_positions[0]) + 64)
+    )
