@@ -1,0 +1,7 @@
+"""``python -m eval pope|chair ...``"""
+
+import sys
+
+from eval.cli import main
+
+sys.exit(main())
