@@ -73,6 +73,13 @@ def coco_id(name: str | int) -> int:
     return int(m.group(1))
 
 
+def gt_file_variants(path: str | Path) -> list[str]:
+    """Variant names of a two-variant ground-truth file ([] for a plain file)."""
+    data: dict[str, Any] = json.loads(read_bytes(path))
+    first = next(iter(data.values()), [])
+    return sorted(first) if isinstance(first, dict) else []
+
+
 def load_gt_file(path: str | Path, *, variant: str = "lemmatize_opera") -> GroundTruth:
     """A precomputed ``{"<image_id>": [objects]}`` file (optionally gzip-compressed).
 

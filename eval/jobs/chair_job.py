@@ -6,7 +6,14 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from eval.chair.gt import GroundTruth, gt_from_coco, load_gt_file, load_image_set, save_gt_file
+from eval.chair.gt import (
+    GroundTruth,
+    gt_file_variants,
+    gt_from_coco,
+    load_gt_file,
+    load_image_set,
+    save_gt_file,
+)
 from eval.chair.metrics import score_captions
 from eval.chair.parser import CaptionParser, drop_incomplete_sentence
 from eval.io import DATA_DIR, read_bytes, sha256_hex
@@ -47,6 +54,8 @@ def resolve_ground_truth(
             f"ground truth {path} lacks {len(missing)} image(s), e.g. {missing[:3]}; {hint}"
             "pass --coco-annotations DIR or a --gt-file covering the image set"
         )
+    if not gt_file_variants(path):
+        variant = "as built (single-variant file)"
     info = {"source": str(file), "variant": variant, "sha256": sha256_hex(read_bytes(path))}
     return gt, info
 
