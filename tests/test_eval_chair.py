@@ -197,13 +197,18 @@ def test_missing_nltk_data_error_says_how_to_install(monkeypatch: pytest.MonkeyP
         ("ours", "singularize_maxlinn", (223, 500, 466, 3653, 44.6, 12.8)),
         ("greedy", "singularize_maxlinn", (225, 500, 482, 3787, 45.0, 12.7)),
         ("ours", "lemmatize_opera", (223, 500, 464, 3653, 44.6, 12.7)),
+        # OPERA Table 1, OPERA rows of the other models: 46.4 / 14.2, 26.2 / 9.5, 36.2 / 12.1.
+        ("instructblip/ours", "singularize_maxlinn", (232, 500, None, None, 46.4, 14.2)),
+        ("minigpt4/ours", "singularize_maxlinn", (131, 500, None, None, 26.2, 9.5)),
+        ("shikra/ours", "singularize_maxlinn", (181, 500, None, None, 36.2, 12.1)),
     ],
 )
 def test_rescore_opera_logs(
     parser: CaptionParser, log: str, variant: str, expected: tuple[float, ...]
 ) -> None:
     gt = load_gt_file(REF / "opera_log_images_gt.json.gz", variant=variant)
-    (caps,) = load_captions(REF / "opera_logs" / "llava-1.5" / f"{log}.jsonl.gz").values()
+    rel = log if "/" in log else f"llava-1.5/{log}"
+    (caps,) = load_captions(REF / "opera_logs" / f"{rel}.jsonl.gz").values()
     r = score_captions(caps, gt, parser)
     got = (
         r["hallucinated_captions"],
@@ -213,4 +218,5 @@ def test_rescore_opera_logs(
         round(r["chair_s"] * 100, 1),
         round(r["chair_i"] * 100, 1),
     )
-    assert got == expected
+    assert got == tuple(g if e is None else e for g, e in zip(got, expected, strict=True))
+    assert got[4:] == expected[4:]

@@ -237,3 +237,14 @@ def test_rescore_pope_format_and_order_check(tmp_path: Path) -> None:
         load_answer_file(path, questions=qs, split="random")
     with pytest.raises(AnswerFileError, match="2910 answers|answers for split"):
         load_answer_file(path, questions=load_question_set("coco-current"), split="random")
+
+
+@pytest.mark.parametrize("folder", ["pope", "reference"])
+def test_shipped_files_match_their_hashes(folder: str) -> None:
+    from eval.io import read_bytes, sha256_hex
+
+    root = DATA_DIR / folder
+    sums = [line.split(maxsplit=1) for line in (root / "SHA256SUMS").read_text().splitlines()]
+    assert len(sums) >= 8
+    for digest, rel in sums:
+        assert sha256_hex(read_bytes(root / f"{rel.strip()}.gz")) == digest, rel
