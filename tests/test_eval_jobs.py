@@ -104,6 +104,7 @@ def test_pope_job_outputs_and_resume(tmp_path: Path) -> None:
     assert res["question_files"]["random"]["version"] == "unrecognised"
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["strategies"] == s["strategies"]
+    assert load_settings("pope", out / "results.json") == s  # a run replays from its results
 
     # Interrupt: keep 5 answers and a torn sixth line; the rerun asks only the other 7.
     log = out / "answers.jsonl"
