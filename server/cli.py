@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -28,8 +29,8 @@ def parse_strategies(value: str) -> list[str]:
     return ["none", *[s for s in names if s != "none"]]
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """Parse server arguments; returns (args, enabled strategies, platform notes)."""
     parser = frontend.make_parser(
         "OpenAI-compatible VLM server with per-request hallucination-mitigating decoding."
     )
@@ -51,6 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     enabled = parse_strategies(args.strategies)
     notes = frontend.apply_platform_defaults(args, argv)
     frontend.validate_args(args)
+    return args, enabled, notes
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, enabled, notes = prepare(argv)
     logging.basicConfig(level=logging.INFO)
     if notes:
         log.info("CPU platform defaults applied: %s", ", ".join(notes))

@@ -50,8 +50,9 @@ def test_enabled_subset_is_enforced() -> None:
 
 
 def test_admit_moves_decoding_into_vllm_xargs_only_when_needed() -> None:
-    body, d = admit({"model": "m", "messages": [], "decoding": {"strategy": "none"}},
-                    "chat", ["none"])
+    body, d = admit(
+        {"model": "m", "messages": [], "decoding": {"strategy": "none"}}, "chat", ["none"]
+    )
     assert "decoding" not in body and "vllm_xargs" not in body and d.name == "none"
     body, _ = admit({"model": "m", "vllm_xargs": {"k": 1}}, "chat", ["none"])
     assert body["vllm_xargs"] == {"k": 1}
@@ -74,8 +75,15 @@ def test_admit_carries_full_parameter_set_for_non_baseline() -> None:
     if not names:
         pytest.skip("no strategy with parameters registered")
     name = names[0]
-    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
-                                         {"type": "text", "text": "hi"}]}]
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "x"}},
+                {"type": "text", "text": "hi"},
+            ],
+        }
+    ]
     body, d = admit({"messages": msgs, "decoding": {"strategy": name}}, "chat", [name])
     carried = json.loads(body["vllm_xargs"][DECODING_KEY])
     assert carried == d.as_dict() and carried["strategy"] == name

@@ -20,7 +20,8 @@ def chat(served, img, prompt: str, **kw):  # noqa: ANN001, ANN201
     kw.setdefault("max_tokens", 16)
     kw.setdefault("temperature", 0)
     return served.client().chat.completions.create(
-        model=served.model, messages=image_message(img, prompt), **kw)
+        model=served.model, messages=image_message(img, prompt), **kw
+    )
 
 
 def test_models_health_version(served) -> None:  # noqa: ANN001
@@ -46,8 +47,11 @@ def test_chat_with_image_is_greedy_deterministic_and_echoes_decoding(served) -> 
 def test_output_depends_on_image_and_prompt(served) -> None:  # noqa: ANN001
     imgs = [synthetic.sample(s)[0] for s in (1000, 1001, 1002)]
     prompts = ["Describe the image.", "What is the background colour?"]
-    out = {(i, p): chat(served, img, p).choices[0].message.content
-           for i, img in enumerate(imgs) for p in prompts}
+    out = {
+        (i, p): chat(served, img, p).choices[0].message.content
+        for i, img in enumerate(imgs)
+        for p in prompts
+    }
     assert len({out[0, p] for p in prompts}) == 2
     assert len({out[i, prompts[0]] for i in range(3)}) >= 2
 
@@ -55,8 +59,9 @@ def test_output_depends_on_image_and_prompt(served) -> None:  # noqa: ANN001
 def test_streaming_matches_non_streaming(served) -> None:  # noqa: ANN001
     img = synthetic.sample(1001)[0]
     full = chat(served, img, "Describe the image.").choices[0].message.content
-    stream = chat(served, img, "Describe the image.", stream=True,
-                  stream_options={"include_usage": True})
+    stream = chat(
+        served, img, "Describe the image.", stream=True, stream_options={"include_usage": True}
+    )
     parts, usage, echoes = [], None, []
     for chunk in stream:
         echoes.append(chunk.model_extra.get("decoding"))
@@ -76,30 +81,43 @@ def test_n_and_seeds(served) -> None:  # noqa: ANN001
     assert len(r.choices) == 3
     again = chat(served, img, "Describe the image.", n=3, seed=7, **kw)
     assert [c.message.content for c in r.choices] == [c.message.content for c in again.choices]
-    texts = {chat(served, img, "Describe the image.", seed=s, **kw).choices[0].message.content
-             for s in range(6)}
+    texts = {
+        chat(served, img, "Describe the image.", seed=s, **kw).choices[0].message.content
+        for s in range(6)
+    }
     assert len(texts) > 1  # sampling really samples
 
 
 def test_logprobs(served) -> None:  # noqa: ANN001
-    r = chat(served, synthetic.sample(3)[0], "Is there a circle in the image?",
-             logprobs=True, top_logprobs=3, max_tokens=4)
+    r = chat(
+        served,
+        synthetic.sample(3)[0],
+        "Is there a circle in the image?",
+        logprobs=True,
+        top_logprobs=3,
+        max_tokens=4,
+    )
     content = r.choices[0].logprobs.content
     assert content and len(content[0].top_logprobs) == 3
     assert content[0].logprob == pytest.approx(content[0].top_logprobs[0].logprob, abs=1e-4)
 
 
 def test_text_completions(served) -> None:  # noqa: ANN001
-    r = served.client().completions.create(model=served.model, prompt="USER: Hello ASSISTANT:",
-                                           max_tokens=5, temperature=0)
+    r = served.client().completions.create(
+        model=served.model, prompt="USER: Hello ASSISTANT:", max_tokens=5, temperature=0
+    )
     assert r.choices[0].text and r.model_extra["decoding"] == {"strategy": "none"}
 
 
 def post(served, body: bytes | dict) -> httpx.Response:  # noqa: ANN001
     if isinstance(body, dict):
         return httpx.post(served.base_url + "/chat/completions", json=body, timeout=60)
-    return httpx.post(served.base_url + "/chat/completions", content=body, timeout=60,
-                      headers={"content-type": "application/json"})
+    return httpx.post(
+        served.base_url + "/chat/completions",
+        content=body,
+        timeout=60,
+        headers={"content-type": "application/json"},
+    )
 
 
 def bad_image_url(kind: str) -> str:
@@ -122,8 +140,12 @@ def bad_image_url(kind: str) -> str:
     ],
 )
 def test_bad_decoding_objects(served, decoding, status: int, param: str) -> None:  # noqa: ANN001
-    body = {"model": served.model, "max_tokens": 2, "decoding": decoding,
-            "messages": image_message(synthetic.sample(1)[0], "Hi")}
+    body = {
+        "model": served.model,
+        "max_tokens": 2,
+        "decoding": decoding,
+        "messages": image_message(synthetic.sample(1)[0], "Hi"),
+    }
     r = post(served, body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -131,8 +153,11 @@ def test_bad_decoding_objects(served, decoding, status: int, param: str) -> None
     assert err["param"] == param and err["code"] == status
     with pytest.raises(openai.BadRequestError) as exc:
         served.client().chat.completions.create(
-            model=served.model, messages=body["messages"], max_tokens=2,
-            extra_body={"decoding": decoding})
+            model=served.model,
+            messages=body["messages"],
+            max_tokens=2,
+            extra_body={"decoding": decoding},
+        )
     assert exc.value.body["param"] == param
 
 
@@ -142,14 +167,22 @@ def test_malformed_and_bad_images_keep_the_server_serving(served) -> None:  # no
     r = post(served, b"[1, 2]")
     assert r.status_code == 400
     for kind, expected in (("corrupt", 400), ("oversized", 413)):
-        msgs = [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": bad_image_url(kind)}},
-            {"type": "text", "text": "Describe the image."}]}]
+        msgs = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": bad_image_url(kind)}},
+                    {"type": "text", "text": "Describe the image."},
+                ],
+            }
+        ]
         r = post(served, {"model": served.model, "messages": msgs, "max_tokens": 2})
         assert r.status_code == expected, (kind, r.text)
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
-    r = post(served, {"model": served.model, "max_tokens": 2,
-                      "messages": [{"role": "user", "content": 3}]})
+    r = post(
+        served,
+        {"model": served.model, "max_tokens": 2, "messages": [{"role": "user", "content": 3}]},
+    )
     assert 400 <= r.status_code < 500
     assert httpx.get(served.url + "/health").status_code == 200
     ok = chat(served, synthetic.sample(5)[0], "Describe the image.")
@@ -160,10 +193,14 @@ def test_metrics_have_vllm_and_product_series(served) -> None:  # noqa: ANN001
     chat(served, synthetic.sample(6)[0], "Describe the image.", max_tokens=3)
     post(served, {"model": served.model, "messages": [], "decoding": {"strategy": "zzz"}})
     text = httpx.get(served.url + "/metrics").text
-    for name in ("vllm:num_requests_running", "vllm:e2e_request_latency_seconds_bucket",
-                 "lucid:build_info", "lucid:time_to_first_token_seconds_bucket",
-                 "lucid:e2e_request_latency_seconds_bucket",
-                 "lucid:extra_forward_tokens_total"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "lucid:build_info",
+        "lucid:time_to_first_token_seconds_bucket",
+        "lucid:e2e_request_latency_seconds_bucket",
+        "lucid:extra_forward_tokens_total",
+    ):
         assert name in text, name
     assert 'lucid:requests_total{finished_reason="length",' in text
     assert 'strategy="none"' in text

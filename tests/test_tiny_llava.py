@@ -17,8 +17,11 @@ from decoding.testing.tiny_llava import (
     file_hashes,
 )
 
-PROMPTS = ["Describe the image.", "What is the background colour?",
-           "Is there a red circle in the image?"]
+PROMPTS = [
+    "Describe the image.",
+    "What is the background colour?",
+    "Is there a red circle in the image?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def greedy(hf, img, prompt: str, n: int = 16) -> str:  # noqa: ANN001
     model, processor = hf
     enc = encode(processor, img, prompt)
     out = model.generate(**enc, max_new_tokens=n, do_sample=False)
-    return processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:])
+    return processor.tokenizer.decode(out[0, enc["input_ids"].shape[1] :])
 
 
 def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
@@ -47,10 +50,10 @@ def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
     a = file_hashes(build_tiny_llava(tmp_path / "a", spec))
     b = file_hashes(build_tiny_llava(tmp_path / "b", spec))
     assert a == b
-    assert {"config.json", "model.safetensors", "tokenizer.json",
-            "processor_config.json"} <= set(a)
-    c = file_hashes(build_tiny_llava(tmp_path / "c", TinyLlavaSpec(train_steps=3,
-                                                                   batch_size=2, seed=1)))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(a)
+    c = file_hashes(
+        build_tiny_llava(tmp_path / "c", TinyLlavaSpec(train_steps=3, batch_size=2, seed=1))
+    )
     assert c["model.safetensors"] != a["model.safetensors"]
 
 
