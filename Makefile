@@ -59,3 +59,10 @@ eval-chair: venv
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
+
+.PHONY: deploy-check
+deploy-check: venv
+	$(PY) deploy/helm/chartcheck.py
+	$(PY) deploy/helm/gen_values_doc.py --check
+	$(PY) deploy/helm/gen_dashboard.py --check
+	$(VENV)/bin/hadolint --config deploy/docker/.hadolint.yaml deploy/docker/Dockerfile

@@ -15,18 +15,25 @@ from server.metrics import Metrics
 log = logging.getLogger("lucid.server")
 
 
-def parse_strategies(value: str) -> list[str]:
-    """``all`` or a comma-separated subset of the registry (``none`` is always on)."""
-    served = [s for s in available() if s in served_strategies()]
-    if value.strip() == "all":
-        return served
-    names = [s.strip() for s in value.split(",") if s.strip()]
-    bad = [s for s in names if s not in served]
+def parse_strategies(value: str) -> tuple[list[str], list[str]]:
+    """``all`` or a comma-separated subset of the registry (``none`` is always on).
+
+    Returns (enabled, not served): a registered strategy that this build does not serve
+    yet is left out with a start-up warning, and requests for it get a 400 that says it
+    is not enabled here. A name outside the registry is a start-up error.
+    """
+    registered = available()
+    served = set(served_strategies())
+    names = (
+        registered if value.strip() == "all" else [s.strip() for s in value.split(",") if s.strip()]
+    )
+    bad = [s for s in names if s not in registered]
     if bad:
         raise SystemExit(
-            f"--strategies: unknown or unserved strategy {bad[0]!r}; available: {', '.join(served)}"
+            f"--strategies: unknown strategy {bad[0]!r}; available: {', '.join(registered)}"
         )
-    return ["none", *[s for s in names if s != "none"]]
+    enabled = ["none", *[s for s in names if s != "none" and s in served]]
+    return enabled, [s for s in names if s not in served]
 
 
 def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
@@ -49,7 +56,11 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model is required (a local checkpoint path or a hub id)")
-    enabled = parse_strategies(args.strategies)
+    enabled, unserved = parse_strategies(args.strategies)
+    if unserved:
+        log.warning(
+            "strategies not served by this build (requests get 400): %s", ", ".join(unserved)
+        )
     notes = frontend.apply_platform_defaults(args, argv)
     frontend.validate_args(args)
     return args, enabled, notes

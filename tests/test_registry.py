@@ -87,3 +87,14 @@ def test_admit_carries_full_parameter_set_for_non_baseline() -> None:
     body, d = admit({"messages": msgs, "decoding": {"strategy": name}}, "chat", [name])
     carried = json.loads(body["vllm_xargs"][DECODING_KEY])
     assert carried == d.as_dict() and carried["strategy"] == name
+
+
+def test_server_strategy_list() -> None:
+    from server.cli import parse_strategies
+
+    enabled, unserved = parse_strategies("all")
+    assert enabled[0] == "none" and not set(enabled) & set(unserved)
+    assert set(enabled) | set(unserved) == set(available())
+    assert parse_strategies("none")[0] == ["none"]
+    with pytest.raises(SystemExit, match="unknown strategy 'halc'"):
+        parse_strategies("none,halc")
