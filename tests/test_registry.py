@@ -98,3 +98,18 @@ def test_server_strategy_list() -> None:
     assert parse_strategies("none")[0] == ["none"]
     with pytest.raises(SystemExit, match="unknown strategy 'halc'"):
         parse_strategies("none,halc")
+
+
+def test_strategy_that_needs_an_image_rejects_text_only_requests() -> None:
+    from decoding.strategies import get_strategy
+
+    needy = [n for n in available() if get_strategy(n).needs_image]
+    if not needy:
+        pytest.skip("no registered strategy needs an image")
+    name = needy[0]
+    text_only = {"messages": [{"role": "user", "content": "hi"}], "decoding": {"strategy": name}}
+    with pytest.raises(RequestRejected) as exc:
+        admit(text_only, "chat", [name])
+    assert exc.value.param == "decoding.strategy" and "image" in exc.value.message
+    with pytest.raises(RequestRejected):
+        admit({"prompt": "hi", "decoding": {"strategy": name}}, "completion", [name])
