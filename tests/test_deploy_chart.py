@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import helm_python as helm
@@ -18,16 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "helm" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.helm_scripts import load as _load  # noqa: E402
 
 cc = _load("chartcheck")
 ALL_STRATEGIES = ["none", "vcd", "avc", "damro", "opera", "var"]
