@@ -33,7 +33,7 @@ def _strategies(served) -> str:  # noqa: ANN001
     try:
         listed = httpx.get(served.base_url + "/decoding/strategies", timeout=10).json()
         data = listed.get("data", listed) if isinstance(listed, dict) else listed
-        others = [d["name"] if isinstance(d, dict) else str(d) for d in data]
+        others = [d.get("strategy", d.get("name")) if isinstance(d, dict) else str(d) for d in data]
         names += [n for n in others if n not in names][:1]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         pass
@@ -113,3 +113,42 @@ def test_chair_job_end_to_end(served, tmp_path: Path) -> None:  # noqa: ANN001
     again = json.loads((tmp_path / "rescored" / "results.json").read_text())
     job_metrics = {k: v for k, v in res2["strategies"]["none"].items() if k != "decoding"}
     assert again["strategies"]["none"] == job_metrics
+
+
+def test_pope_job_in_process(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """``--inprocess MODEL``: the same served path with the engine inside this process."""
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    _draw("red", "ellipse").save(imgs / "img0.png")
+    qs = [
+        {"question_id": i + 1, "image": "img0.png", "text": t, "label": lab}
+        for i, (t, lab) in enumerate(
+            [("Is there a red circle in the image?", "yes"), ("Is there a dog in the image?", "no")]
+        )
+    ]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    out = tmp_path / "pope"
+    argv = [
+        "pope",
+        "--inprocess",
+        str(tiny_llava_dir),
+        "--questions",
+        f"random={qfile}",
+        "--allow-unknown-questions",
+        "--images",
+        str(imgs),
+        "--strategies",
+        "none",
+        "--max-tokens",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plot",
+    ]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["backend"]["mode"] == "inprocess"
+    assert res["strategies"]["none"]["splits"]["random"]["n"] == 2
+    assert res["strategies"]["none"]["decoding"] == {"strategy": "none"}
