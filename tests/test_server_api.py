@@ -212,3 +212,40 @@ def test_image_url_in_data_form_roundtrip() -> None:
     url = image_data_url(synthetic.sample(1)[0])
     raw = base64.b64decode(url.split(",", 1)[1])
     assert Image.open(io.BytesIO(raw)).size == (112, 112)
+
+
+def _gauge(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
+def test_client_disconnect_releases_the_engine_request(served) -> None:  # noqa: ANN001
+    import time
+
+    body = {
+        "model": served.model,
+        "max_tokens": 1500,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "messages": image_message(synthetic.sample(8)[0], "Describe."),
+    }
+    before = httpx.get(served.url + "/metrics").text
+    aborted = 'lucid:requests_total{finished_reason="abort"'
+    with httpx.stream("POST", served.base_url + "/chat/completions", json=body, timeout=60) as r:
+        for _ in r.iter_lines():
+            break  # one chunk, then hang up
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = httpx.get(served.url + "/metrics").text
+        if (
+            _gauge(text, "vllm:num_requests_running") == 0
+            and aborted in text
+            and (_gauge(text, "lucid:requests_total") > _gauge(before, "lucid:requests_total"))
+        ):
+            break
+        time.sleep(0.5)
+    assert _gauge(text, "vllm:num_requests_running") == 0
+    assert aborted in text
+    assert httpx.get(served.url + "/health").status_code == 200
