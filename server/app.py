@@ -58,3 +58,25 @@ def customize(
         DecodingMiddleware, enabled=enabled, metrics=metrics, max_body_bytes=max_body_bytes
     )
     return app
+
+
+class Service:
+    """The product's pieces around one engine: versions, metrics, app customisation."""
+
+    def __init__(self, args: argparse.Namespace, enabled: list[str], registry=None) -> None:  # noqa: ANN001
+        from decoding.engine import frontend
+
+        self.args = args
+        self.enabled = enabled
+        self.versions = {"version": __version__, **frontend.versions()}
+        extra = {} if registry is None else {"registry": registry}
+        self.metrics = Metrics(served_model_name(args), enabled, self.versions, **extra)
+
+    def install(self, app: FastAPI) -> FastAPI:
+        return customize(
+            app,
+            enabled=self.enabled,
+            metrics=self.metrics,
+            versions=self.versions,
+            max_body_bytes=self.args.max_request_bytes,
+        )

@@ -9,8 +9,7 @@ import sys
 from decoding.engine import frontend
 from decoding.engine.client import served_strategies
 from decoding.strategies import available
-from server.app import __version__, customize, served_model_name
-from server.metrics import Metrics
+from server.app import Service
 
 log = logging.getLogger("lucid.server")
 
@@ -73,21 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     if notes:
         log.info("CPU platform defaults applied: %s", ", ".join(notes))
     log.info("strategies enabled: %s", ", ".join(enabled))
-    versions = {"version": __version__, **frontend.versions()}
-    metrics = Metrics(served_model_name(args), enabled, versions)
+    service = Service(args, enabled)
 
     def hook(app, client, args):  # noqa: ANN001
-        customize(
-            app,
-            enabled=enabled,
-            metrics=metrics,
-            versions=versions,
-            max_body_bytes=args.max_request_bytes,
-        )
+        service.install(app)
 
     import uvloop
 
-    uvloop.run(frontend.run_server(args, hook, observer=metrics))
+    uvloop.run(frontend.run_server(args, hook, observer=service.metrics))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ import openai
 from prometheus_client import CollectorRegistry
 
 from decoding.engine import frontend
-from server.app import __version__, customize, served_model_name
+from server.app import Service
 from server.cli import prepare
-from server.metrics import Metrics
 
 BASE = "http://inprocess"
 
@@ -28,18 +27,10 @@ async def inprocess_client(
     model: str, engine_args: Sequence[str] = ()
 ) -> AsyncIterator[openai.AsyncOpenAI]:
     args, enabled, _ = prepare(["--model", model, *engine_args])
-    versions = {"version": __version__, **frontend.versions()}
     # A private registry: several in-process servers may live in one process.
-    metrics = Metrics(served_model_name(args), enabled, versions, registry=CollectorRegistry())
-    async with frontend.engine_client(args, metrics) as client:
-        app = await frontend.build_openai_app(args, client)
-        customize(
-            app,
-            enabled=enabled,
-            metrics=metrics,
-            versions=versions,
-            max_body_bytes=args.max_request_bytes,
-        )
+    service = Service(args, enabled, registry=CollectorRegistry())
+    async with frontend.engine_client(args, service.metrics) as client:
+        app = service.install(await frontend.build_openai_app(args, client))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=None) as http:
             yield openai.AsyncOpenAI(
