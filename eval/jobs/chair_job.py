@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,9 @@ from eval.chair.gt import (
 from eval.chair.metrics import score_captions
 from eval.chair.parser import CaptionParser, drop_incomplete_sentence
 from eval.io import DATA_DIR, read_bytes, sha256_hex
-from eval.jobs.pope_job import BackendFactory
+from eval.jobs.common import BackendFactory, results_header, run_job, run_summary
 from eval.jobs.report import chair_plot, chair_table, write_json
-from eval.jobs.runner import JobError, WorkItem, done_records, run_items
-from eval.jobs.settings import check_manifest
+from eval.jobs.runner import JobError, WorkItem
 
 #: Shipped ground truth of OPERA's released image sets, both parser variants.
 REFERENCE_GT = DATA_DIR / "reference" / "chair" / "opera_log_images_gt.json.gz"
@@ -109,23 +107,17 @@ async def run_chair(
         for strategy, params in settings["strategies"].items()
         for i in image_ids
     ]
-    check_manifest(out_dir, "chair", settings)
-    log = out_dir / "captions.jsonl"
-    async with make_backend() as backend:
-        stats = await run_items(
-            backend,
-            items,
-            settings["sampling"],
-            log,
-            concurrency=int(settings.get("concurrency") or 4),
-            desc="CHAIR",
-            progress=progress,
-        )
-    if stats.failed:
-        raise JobError(
-            f"{stats.failed} request(s) failed (logged in {log}); rerun the same command to retry"
-        )
-    done = done_records(log)
+    log_name = "captions.jsonl"
+    stats, done, backend = await run_job(
+        "chair",
+        settings,
+        items,
+        out_dir,
+        log_name,
+        make_backend,
+        default_concurrency=4,
+        progress=progress,
+    )
     truncate = bool(settings.get("truncate_incomplete"))
     strategies: dict[str, Any] = {}
     for strategy in settings["strategies"]:
@@ -135,24 +127,13 @@ async def run_chair(
             **score_strategy_captions(caps, gt, parser, truncate=truncate),
         }
     results = {
-        "benchmark": "chair",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
-        "backend": backend.describe(),
-        "prompt_template": settings["prompt"],
-        "sampling": settings["sampling"],
+        **results_header("chair", settings, backend),
         "caption_parser": parser.variant,
         "truncate_incomplete": truncate,
         "image_set": {"name": str(settings["image_set"]), "images": len(image_ids)},
         "ground_truth": gt_info,
         "strategies": strategies,
-        "run": {
-            "captions_file": log.name,
-            "requests_total": stats.total,
-            "already_done": stats.already_done,
-            "requests_made": stats.answered,
-            "seconds": round(stats.seconds, 1),
-        },
+        "run": run_summary(stats, "captions_file", log_name),
     }
     write_json(out_dir / "results.json", results)
     if plot:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from eval.jobs.backend import Backend
+from eval.jobs.common import BackendFactory, results_header, run_job, run_summary
 from eval.jobs.report import pope_plot, pope_table, write_json
-from eval.jobs.runner import JobError, WorkItem, done_records, run_items
-from eval.jobs.settings import check_manifest
+from eval.jobs.runner import JobError, WorkItem
 from eval.pope.data import QuestionFile, load_questions
 from eval.pope.parsers import PARSER_SOURCES
 from eval.pope.score import score_splits
-
-BackendFactory = Callable[[], AbstractAsyncContextManager[Backend]]
 
 
 def build_items(
@@ -78,23 +72,17 @@ async def run_pope(
     if not qfiles:
         raise JobError(f"no split of {settings.get('splits')} in the question set")
     items, order = build_items(settings, qfiles)
-    check_manifest(out_dir, "pope", settings)
-    log = out_dir / "answers.jsonl"
-    async with make_backend() as backend:
-        stats = await run_items(
-            backend,
-            items,
-            settings["sampling"],
-            log,
-            concurrency=int(settings.get("concurrency") or 8),
-            desc="POPE",
-            progress=progress,
-        )
-    if stats.failed:
-        raise JobError(
-            f"{stats.failed} request(s) failed (logged in {log}); rerun the same command to retry"
-        )
-    done = done_records(log)
+    log_name = "answers.jsonl"
+    stats, done, backend = await run_job(
+        "pope",
+        settings,
+        items,
+        out_dir,
+        log_name,
+        make_backend,
+        default_concurrency=8,
+        progress=progress,
+    )
     strategies: dict[str, Any] = {}
     for strategy in settings["strategies"]:
         by_split = {
@@ -106,22 +94,11 @@ async def run_pope(
             **score_splits(by_split, settings["parser"]),
         }
     results = {
-        "benchmark": "pope",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
-        "backend": backend.describe(),
-        "prompt_template": settings["prompt"],
-        "sampling": settings["sampling"],
+        **results_header("pope", settings, backend),
         "parser": {"name": settings["parser"], "source": PARSER_SOURCES[settings["parser"]]},
         "question_files": {s: qf.describe() for s, qf in qfiles.items()},
         "strategies": strategies,
-        "run": {
-            "answers_file": log.name,
-            "requests_total": stats.total,
-            "already_done": stats.already_done,
-            "requests_made": stats.answered,
-            "seconds": round(stats.seconds, 1),
-        },
+        "run": run_summary(stats, "answers_file", log_name),
     }
     write_json(out_dir / "results.json", results)
     if plot:
