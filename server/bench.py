@@ -26,25 +26,6 @@ from decoding.testing import synthetic
 from server.process import start_server, stop_server
 
 
-def _image_messages(seed: int, prompt: str) -> list[dict[str, Any]]:
-    import base64
-    import io
-
-    img = synthetic.sample(seed)[0]
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": url}},
-                {"type": "text", "text": prompt},
-            ],
-        }
-    ]
-
-
 async def _one(
     client: openai.AsyncOpenAI, model: str, strategy: str, seed: int, max_tokens: int
 ) -> tuple[float, float, int]:
@@ -53,7 +34,7 @@ async def _one(
     tokens = 0
     stream = await client.chat.completions.create(
         model=model,
-        messages=_image_messages(seed, "Describe the image."),
+        messages=synthetic.chat_messages(synthetic.sample(seed)[0], "Describe the image."),
         max_tokens=max_tokens,
         temperature=0,
         stream=True,

@@ -84,7 +84,7 @@ def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Dec
             f"'vllm_xargs.{DECODING_KEY}' is reserved; use 'decoding'",
             param=f"vllm_xargs.{DECODING_KEY}",
         )
-    if decoding.name != "none" or decoding.params.model_dump():
+    if decoding.name != "none":  # plain requests reach vLLM exactly as sent
         xargs = {**xargs, DECODING_KEY: json.dumps(decoding.as_dict())}
     if xargs:
         body["vllm_xargs"] = xargs

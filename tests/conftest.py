@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import pytest
 
+from decoding.testing.synthetic import chat_messages as image_message
+from decoding.testing.synthetic import data_url as image_data_url
 from server.process import Served, start_server, stop_server
 
 __all__ = ["Served", "image_data_url", "image_message", "start_server", "stop_server"]
@@ -28,21 +28,3 @@ def served(tiny_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = start_server(tiny_llava_dir, log, ["--max-request-bytes", str(4 * 1024 * 1024)])
     yield srv
     stop_server(srv)
-
-
-def image_data_url(img) -> str:  # noqa: ANN001
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def image_message(img, text: str) -> list[dict]:  # noqa: ANN001
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": image_data_url(img)}},
-                {"type": "text", "text": text},
-            ],
-        }
-    ]

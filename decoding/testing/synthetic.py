@@ -113,3 +113,26 @@ def sample(seed: int, size: int = 112) -> tuple[Image.Image, Scene]:
     rng = random.Random(seed)
     scene = random_scene(rng)
     return draw_scene(scene, size, rng), scene
+
+
+def data_url(img: Image.Image) -> str:
+    """The image as a PNG ``data:`` URL, as OpenAI chat requests carry it."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat_messages(img: Image.Image, prompt: str) -> list[dict]:
+    """One user turn with the image and the prompt (OpenAI chat format)."""
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(img)}},
+                {"type": "text", "text": prompt},
+            ],
+        }
+    ]

@@ -33,7 +33,7 @@ import os
 import random
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -78,7 +78,6 @@ class TinyLlavaSpec:
     sink_value: float = 6.0  # BOS value in each sink dim (embeddings are ~0.02-0.3)
     visual_sink_fraction: float = 0.04  # share of patches the sink unit fires on
     visual_sink_gain: float = 60.0
-    extra: dict = field(default_factory=dict)
 
     def digest(self) -> str:
         blob = json.dumps({"recipe": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
