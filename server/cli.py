@@ -61,6 +61,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
             "strategies not served by this build (requests get 400): %s", ", ".join(unserved)
         )
     notes = frontend.apply_platform_defaults(args, argv)
+    notes += frontend.configure_strategies(args, enabled)
     frontend.validate_args(args)
     return args, enabled, notes
 

@@ -11,6 +11,7 @@ vLLM's own code.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -67,6 +68,44 @@ def apply_platform_defaults(args: argparse.Namespace, argv: list[str]) -> list[s
     if not (given("--enable-chunked-prefill") or given("--no-enable-chunked-prefill")):
         args.enable_chunked_prefill = False
         notes.append("enable_chunked_prefill=False")
+    return notes
+
+
+#: Logits processor that tells engine-side code which request each batch row is.
+ROWS_PROCESSOR = "decoding.engine.worker.rows:StepRows"
+
+
+def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[str]:
+    """Engine settings the served strategies need; returns notes for the start-up log.
+
+    Any strategy besides ``none`` runs on ``LucidLlava`` (vLLM's LLaVA plus hooks) and needs
+    the row-carrier logits processor, which only vLLM's V1 model runner supports: GPUs are
+    pinned to it (the CPU build always uses it). Attention hooks are Python code that a
+    full CUDA graph would skip, so GPU deployments with strategies run eagerly.
+    """
+    if enabled == ["none"]:
+        return []
+    from decoding.engine.worker.model import ARCHITECTURE
+
+    notes = [f"architecture={ARCHITECTURE}"]
+    overrides = args.hf_overrides
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides) if overrides.strip() else {}
+    args.hf_overrides = {**(overrides or {}), "architectures": [ARCHITECTURE]}
+    # Runners copy the image inputs into their contrast requests, so the API process must
+    # keep them: its multimodal processor cache would strip repeated images to a hash.
+    if getattr(args, "mm_processor_cache_gb", 0):
+        args.mm_processor_cache_gb = 0
+        notes.append("mm_processor_cache_gb=0")
+    procs = list(args.logits_processors or [])
+    if ROWS_PROCESSOR not in procs:
+        args.logits_processors = [*procs, ROWS_PROCESSOR]
+    if not is_cpu():
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        notes.append("VLLM_USE_V2_MODEL_RUNNER=0")
+        if not args.enforce_eager:
+            args.enforce_eager = True
+            notes.append("enforce_eager=True (attention hooks run in Python every step)")
     return notes
 
 

@@ -1,0 +1,93 @@
+"""Which request each batch row belongs to, for code that runs inside the forward pass.
+
+vLLM's model runner (V1, the runner the CPU build uses and the one this server pins on
+GPU) gives the model no per-request information. Its logits processors, however, are
+told about every request entering, leaving and moving within the persistent batch, and
+``update_state`` runs before each step's forward pass. In that runner the persistent
+batch index of a request is also its row in ``compute_logits`` and its position in the
+attention metadata (``query_start_loc``), so :class:`StepRows`, registered as a logits
+processor, doubles as the carrier of per-row strategy settings for the model and the
+attention backend during the same step. The processor never edits logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from vllm.sampling_params import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+#: ``SamplingParams.extra_args`` key of the engine-side settings of one request (JSON).
+ENGINE_KEY = "lucid_engine"
+
+
+@dataclass
+class Row:
+    """One flagged request in the persistent batch."""
+
+    #: Engine-side settings: ``{"kind": ..., ...}`` (see the worker modules).
+    config: dict[str, Any]
+    prompt: list[int]
+    #: Live reference to the request's output token list (vLLM appends to it).
+    output: list[int]
+    #: Per-request scratch state owned by the worker modules (sinks, images, ...).
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class _Step:
+    """The rows of the current persistent batch (index -> Row), for flagged requests."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Row] = {}
+
+    def of_kind(self, kind: str) -> dict[int, Row]:
+        return {i: r for i, r in self.rows.items() if r.config.get("kind") == kind}
+
+
+#: The engine process's single view of the batch (one model runner per process).
+STEP = _Step()
+
+
+def engine_config(params: SamplingParams | None) -> dict[str, Any] | None:
+    extra = params.extra_args if params is not None else None
+    if not extra or ENGINE_KEY not in extra:
+        return None
+    raw = extra[ENGINE_KEY]
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+class StepRows(LogitsProcessor):
+    """Tracks flagged requests by persistent-batch index; returns logits unchanged."""
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        STEP.rows = {}
+        self.rows = STEP.rows
+
+    def is_argmax_invariant(self) -> bool:
+        # True keeps it off the greedy path entirely (it never changes logits).
+        return True
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        rows = self.rows
+        for index in batch_update.removed:
+            rows.pop(index, None)
+        for index, params, prompt, output in batch_update.added:
+            config = engine_config(params)
+            if config is None:
+                rows.pop(index, None)
+            else:
+                rows[index] = Row(config, list(prompt or []), output)
+        for a, b, direction in batch_update.moved:
+            ra, rb = rows.pop(a, None), rows.pop(b, None)
+            if ra is not None:
+                rows[b] = ra
+            if direction == MoveDirectionality.SWAP and rb is not None:
+                rows[a] = rb
