@@ -46,7 +46,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 bench: venv
-	$(PY) -m server.bench --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(ARGS)
+	$(PY) -m server.bench --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)
 
 bench-reference: venv
 	$(PY) -m decoding.reference.bench --out build/bench-reference.json $(ARGS)

@@ -1,21 +1,57 @@
-"""``make bench``: throughput and latency per strategy over HTTP, in one run.
+"""``make bench``: everything the performance targets need, measured in one run.
 
-Starts the server on the tiny checkpoint (or uses ``--url``), then for each strategy and
-concurrency level sends streamed chat requests with images and measures requests/s,
-generated tokens/s, p50/p95 latency and p50 TTFT. Writes ``{"records": [...],
-"ratios": {...}}`` where ``ratios[strategy][concurrency]`` is that strategy's tokens/s
-over ``none``'s, measured on the same server in the same run (claims are ratios, never
-absolute times from another run).
+1. Served path. Starts the server on the tiny checkpoint (or uses ``--url``) and, at each
+   concurrency level, sends chat requests with an image for every strategy the server
+   enables (``GET /version``), each at its defaults (``"decoding": {"strategy": name}``),
+   greedy, with ``ignore_eos`` so every answer has ``--max-tokens`` tokens. Requests are
+   streamed; a strategy whose streamed request gets a 400 is measured non-streamed.
+   Each level records requests/s, generated tokens/s, p50/p95 latency and p50 TTFT.
+2. ``beam-5``: plain vLLM beam search through the same server (``use_beam_search``,
+   ``n`` = beam width 5, ``length_penalty`` 1.0), the baseline for OPERA. vLLM does not
+   stream beam search, so it is measured non-streamed: TTFT = latency, and the tokens
+   counted are those of the answer returned first (``choices[0]``, the best beam), not of
+   all five beams.
+3. Reference engine: batch-1 tokens/s of the same strategies on ``transformers``
+   (``decoding.reference.bench.run``, same checkpoint, greedy, same max tokens), run
+   after the served measurements (and after stopping a server this harness started), so
+   neither competes with the other for the machine.
+4. ``--overhead`` / ``--compare-url``: ``none`` on a second server that enables only
+   ``none``, to price machinery that is loaded but unused.
+
+Output (``--out``, default ``build/bench.json``)::
+
+    {"records": [{strategy, concurrency, requests, streamed, tokens, wall_s, tokens_per_s,
+                  requests_per_s, latency_p50_s, latency_p95_s, ttft_p50_s}, ...],
+     "errors": [{strategy, concurrency, error}, ...],
+     "reference": [{strategy, tokens, seconds, tokens_per_s, requests, max_new_tokens,
+                    model, device, ignore_eos}, ...],
+     "reference_error": str | null,
+     "ratios": {"vs_none": {strategy: {concurrency: x}},
+                "vs_reference": {strategy: {concurrency: x}},
+                "vs_beam5": {"opera": {concurrency: x}}},
+     "targets": [{strategy, ratio, concurrency, minimum, value, status}, ...],
+     "overhead": null | {"url", "records": [...], "none_overhead_ratio": {concurrency: x}},
+     "model", "max_tokens", "levels", "server": GET /version, "machine": {...}, "started"}
+
+Every ratio compares two figures from this run on this machine; targets print as
+MET / MISSED / N/A and never fail the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
-import statistics
+import os
+import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +59,61 @@ import httpx
 import openai
 
 from decoding.testing import synthetic
+from server import bench_report as report
+from server.bench_report import BEAM, BEAM_WIDTH, Sample
 from server.process import start_server, stop_server
 
+PROMPT = "Describe the image."
 
-async def _one(
-    client: openai.AsyncOpenAI, model: str, strategy: str, seed: int, max_tokens: int
-) -> tuple[float, float, int]:
+
+def request_body(name: str) -> dict[str, Any]:
+    """The non-OpenAI fields of a request for strategy ``name`` (or the beam baseline)."""
+    if name == BEAM:
+        # return_token_ids: count the best beam's tokens exactly (usage sums all beams).
+        return {
+            "use_beam_search": True,
+            "n": BEAM_WIDTH,
+            "length_penalty": 1.0,
+            "ignore_eos": True,
+            "return_token_ids": True,
+        }
+    return {"decoding": {"strategy": name}, "ignore_eos": True}  # fixed-length outputs
+
+
+def messages(seed: int) -> list[dict[str, Any]]:
+    return synthetic.chat_messages(synthetic.sample(seed)[0], PROMPT)
+
+
+async def one_request(
+    client: openai.AsyncOpenAI,
+    model: str,
+    name: str,
+    chat: list[dict[str, Any]],
+    max_tokens: int,
+    stream: bool,
+) -> Sample:
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "messages": chat,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "extra_body": request_body(name),
+    }
     start = time.perf_counter()
+    if not stream:
+        resp = await client.chat.completions.create(**kwargs)
+        total = time.perf_counter() - start
+        best = resp.choices[0]
+        ids = getattr(best, "token_ids", None)
+        # With ignore_eos every choice has the same length, so usage / choices is exact.
+        tokens = len(ids) if ids else resp.usage.completion_tokens // max(1, len(resp.choices))
+        return total, total, tokens
     ttft = None
     tokens = 0
-    stream = await client.chat.completions.create(
-        model=model,
-        messages=synthetic.chat_messages(synthetic.sample(seed)[0], "Describe the image."),
-        max_tokens=max_tokens,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={
-            "decoding": {"strategy": strategy},
-            "ignore_eos": True,
-        },  # fixed-length outputs: comparable tokens/s
+    chunks = await client.chat.completions.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}
     )
-    async for chunk in stream:
+    async for chunk in chunks:
         if ttft is None and chunk.choices and chunk.choices[0].delta.content:
             ttft = time.perf_counter() - start
         if chunk.usage:
@@ -53,116 +122,285 @@ async def _one(
     return total, ttft if ttft is not None else total, tokens
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+async def warm_up(client: openai.AsyncOpenAI, model: str, name: str) -> bool:
+    """One short request (first-use costs); returns whether ``name`` is measured streamed."""
+    if name == BEAM:
+        await one_request(client, model, name, messages(4999), 2, stream=False)
+        return False
+    try:
+        await one_request(client, model, name, messages(4999), 2, stream=True)
+        return True
+    except openai.BadRequestError:
+        await one_request(client, model, name, messages(4999), 2, stream=False)
+        return False
 
 
 async def run_level(
     client: openai.AsyncOpenAI,
     model: str,
-    strategy: str,
+    name: str,
     concurrency: int,
     requests: int,
     max_tokens: int,
+    stream: bool,
+    first_seed: int,
 ) -> dict[str, Any]:
     sem = asyncio.Semaphore(concurrency)
 
-    async def task(i: int) -> tuple[float, float, int]:
+    async def task(chat: list[dict[str, Any]]) -> Sample:
         async with sem:
-            return await _one(client, model, strategy, 5000 + i, max_tokens)
+            return await one_request(client, model, name, chat, max_tokens, stream)
 
-    await _one(client, model, strategy, 4999, 2)  # warm-up (first-use costs)
+    # Images are encoded before the clock starts: the client shares the machine's cores.
+    chats = [messages(seed) for seed in range(first_seed, first_seed + requests)]
     start = time.perf_counter()
-    results = await asyncio.gather(*(task(i) for i in range(requests)))
+    samples = await asyncio.gather(*(task(chat) for chat in chats))
     wall = time.perf_counter() - start
-    lat = [r[0] for r in results]
-    return {
-        "strategy": strategy,
-        "concurrency": concurrency,
-        "requests": requests,
-        "tokens_per_s": sum(r[2] for r in results) / wall,
-        "requests_per_s": requests / wall,
-        "latency_p50_s": statistics.median(lat),
-        "latency_p95_s": _pct(lat, 0.95),
-        "ttft_p50_s": statistics.median(r[1] for r in results),
-    }
+    return report.level_record(name, concurrency, list(samples), wall, stream)
 
 
-def ratios(records: list[dict[str, Any]], base: str = "none") -> dict[str, dict[str, float]]:
-    """tokens/s of each strategy over ``base`` at the same concurrency."""
-    ref = {r["concurrency"]: r["tokens_per_s"] for r in records if r["strategy"] == base}
-    out: dict[str, dict[str, float]] = {}
-    for r in records:
-        if r["strategy"] != base and r["concurrency"] in ref and ref[r["concurrency"]] > 0:
-            out.setdefault(r["strategy"], {})[str(r["concurrency"])] = (
-                r["tokens_per_s"] / ref[r["concurrency"]]
-            )
-    return out
+async def measure(
+    url: str,
+    names: list[str],
+    levels: list[int],
+    requests: int,
+    max_tokens: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Records (level-major, so the rows compared in a ratio are measured close in time)
+    and errors; a strategy that fails is reported and left out, the run goes on.
 
-
-def table(records: list[dict[str, Any]], rat: dict[str, dict[str, float]]) -> str:
-    head = (
-        f"{'strategy':<10}{'conc':>5}{'req/s':>9}{'tok/s':>10}{'p50 s':>9}{'p95 s':>9}"
-        f"{'ttft p50':>10}{'x none':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in records:
-        x = rat.get(r["strategy"], {}).get(str(r["concurrency"]))
-        lines.append(
-            f"{r['strategy']:<10}{r['concurrency']:>5}{r['requests_per_s']:>9.2f}"
-            f"{r['tokens_per_s']:>10.1f}{r['latency_p50_s']:>9.3f}{r['latency_p95_s']:>9.3f}"
-            f"{r['ttft_p50_s']:>10.3f}{(f'{x:.2f}' if x is not None else '1.00'):>8}"
-        )
-    return "\n".join(lines)
-
-
-async def bench(
-    url: str, strategies: list[str] | None, levels: list[int], requests: int, max_tokens: int
-) -> dict[str, Any]:
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
+    Every measured request carries an image of its own: a repeated image would hit the
+    server's image and prefix caches and favour whichever strategy runs later.
+    """
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=900)
     model = (await client.models.list()).data[0].id
-    if strategies is None:
-        strategies = httpx.get(url + "/version").json().get("strategies", ["none"])
-    records = []
+    records: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    failed: set[str] = set()
+    seed = 5000
     for level in levels:
-        for strategy in strategies:
-            n = max(requests, level)
-            records.append(await run_level(client, model, strategy, level, n, max_tokens))
-    return {"records": records, "ratios": ratios(records), "model": model, "max_tokens": max_tokens}
+        for name in names:
+            if name in failed:
+                continue
+            try:
+                stream = await warm_up(client, model, name)
+                n = max(requests, level)
+                rec = await run_level(client, model, name, level, n, max_tokens, stream, seed)
+                seed += n
+            except openai.APIError as e:
+                failed.add(name)
+                errors.append({"strategy": name, "concurrency": level, "error": str(e)})
+                print(f"  {name:<8} c={level:<3} failed: {e}", file=sys.stderr, flush=True)
+                continue
+            records.append(rec)
+            print(
+                f"  {name:<8} c={level:<3} {rec['tokens_per_s']:9.1f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    await client.close()
+    return records, errors
 
 
-def main(argv: list[str] | None = None) -> None:
+def server_info(url: str) -> tuple[dict[str, Any], str, str]:
+    """(GET /version, served model id, its checkpoint path or hub id)."""
+    version = httpx.get(url + "/version", timeout=30).json()
+    card = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]
+    return version, card["id"], card.get("root") or card["id"]
+
+
+@contextmanager
+def serving(url: str | None, model: str, extra: list[str]) -> Iterator[str]:
+    """``url`` as is, or a server this harness starts on ``model`` and stops afterwards."""
+    if url is not None:
+        yield url.rstrip("/")
+        return
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    served = start_server(Path(model), log, extra)
+    try:
+        yield served.url
+    finally:
+        stop_server(served)
+
+
+def reference(
+    checkpoint: str, names: list[str], requests: int, max_tokens: int, device: str | None
+) -> list[dict[str, Any]]:
+    """Batch-1 reference-engine records for the ``names`` it knows (greedy, defaults).
+
+    Like the served requests, answers run to ``max_tokens`` (the engine's EOS set is
+    emptied for the run): an answer that stops early spreads its prefill over fewer
+    tokens and would understate the reference's tokens/s.
+    """
+    from unittest import mock
+
+    from decoding.reference import bench as ref_bench
+    from decoding.reference import engine
+    from decoding.reference.cli import load
+
+    names = [s for s in names if s in ref_bench.STRATEGIES]
+    if not names:
+        return []
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, processor = load(checkpoint, device)
+    with mock.patch.object(engine, "eos_ids", lambda *_: set()):
+        records = ref_bench.run(
+            model, processor, tuple(names), requests, max_tokens, model_name=checkpoint
+        )
+    return [{**r, "ignore_eos": True} for r in records]
+
+
+def reference_step(
+    args: argparse.Namespace, checkpoint: str, names: list[str]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """(reference records, why there are none); a failure here never loses the run."""
+    if args.no_reference:
+        return [], "skipped (--no-reference)"
+    if args.model is None and not Path(checkpoint).is_dir():
+        return [], f"skipped: {checkpoint!r} is not a local checkpoint; pass --model"
+    try:
+        ref = reference(
+            checkpoint, names, args.reference_requests, args.max_tokens, args.reference_device
+        )
+    except Exception as e:  # the served figures are still worth writing
+        return [], f"{type(e).__name__}: {e}"
+    return ref, None if ref else "no benchmarked strategy is known to the reference engine"
+
+
+def print_report(result: dict[str, Any], reference_requests: int) -> None:
+    records, rat = result["records"], result["ratios"]
+    print(f"served ({result['model']}, {result['max_tokens']} tokens per answer, greedy)")
+    print(report.table(records, rat))
+    print(f"\nreference engine (batch 1, {reference_requests} requests per strategy)")
+    ref = result["reference"]
+    print(report.reference_table(ref) if ref else result["reference_error"])
+    if result["overhead"] is not None:
+        print("\nloaded-but-unused overhead")
+        print(report.overhead_lines(result["overhead"], records))
+    print(f"\ntargets (at concurrency {report.TARGET_CONCURRENCY})")
+    print(report.target_lines(result["targets"]))
+    cpus, load = result["machine"]["cpu_count"], result["machine"]["load_average_1m_at_end"]
+    if cpus and load > cpus:
+        print(f"note: load average {load} on {cpus} CPUs: other work shared the machine")
+    for e in result["errors"]:
+        print(f"error: {e['strategy']} at concurrency {e['concurrency']}: {e['error']}")
+
+
+def machine() -> dict[str, Any]:
+    """Where the harness (and a server it started) ran."""
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        # Other work on the machine skews every figure; the load says how much there was.
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        info["gpus"] = [g.strip() for g in out.stdout.splitlines() if g.strip()]
+    return info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Per-strategy throughput benchmark over HTTP.")
-    ap.add_argument("--url", help="a running server; default: start one on the tiny model")
-    ap.add_argument("--model", help="checkpoint to serve when no --url (default: tiny)")
+    ap.add_argument("--url", help="a running server; default: start one on --model")
+    ap.add_argument(
+        "--model",
+        help="checkpoint to serve when no --url (default: the tiny one); with --url, the "
+        "served checkpoint for the reference engine (default: the server's, if local)",
+    )
     ap.add_argument("--strategies", help="comma-separated (default: all the server enables)")
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--requests", type=int, default=16, help="requests per level (>= conc)")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--no-beam", action="store_true", help="skip the beam-5 baseline")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference engine")
+    ap.add_argument("--reference-requests", type=int, default=4)
+    ap.add_argument("--reference-device", help="default: cuda if available, else cpu")
+    ap.add_argument(
+        "--overhead",
+        action="store_true",
+        help="also measure none on a server started with --strategies none",
+    )
+    ap.add_argument(
+        "--compare-url", help="a running none-only server for the overhead (implies --overhead)"
+    )
     ap.add_argument("--out", type=Path, default=Path("build/bench.json"))
     args = ap.parse_args(argv)
+    if args.overhead and args.url and not args.compare_url:
+        ap.error("--overhead with --url needs --compare-url (a none-only server beside it)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
-    strategies = args.strategies.split(",") if args.strategies else None
-    served = None
-    url = args.url
-    if url is None:
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    model = args.model
+    if args.url is None and model is None:
         from decoding.testing.tiny_llava import ensure_tiny_llava
 
-        model = args.model or str(ensure_tiny_llava())
-        log = Path(tempfile.mkdtemp()) / "server.log"
-        served = start_server(Path(model), log)
-        url = served.url
-    try:
-        result = asyncio.run(
-            bench(url.rstrip("/"), strategies, levels, args.requests, args.max_tokens)
+        model = str(ensure_tiny_llava())
+
+    with serving(args.url, model, []) as url:
+        version, model_id, checkpoint = server_info(url)
+        names = report.ordered(
+            args.strategies.split(",") if args.strategies else version.get("strategies", ["none"])
         )
-    finally:
-        if served is not None:
-            stop_server(served)
+        variants = names + ([] if args.no_beam else [BEAM])
+        records, errors = asyncio.run(
+            measure(url, variants, levels, args.requests, args.max_tokens)
+        )
+
+    overhead = None
+    if args.overhead or args.compare_url:
+        with serving(args.compare_url, model, ["--strategies", "none"]) as url2:
+            others, errs = asyncio.run(
+                measure(url2, ["none"], levels, args.requests, args.max_tokens)
+            )
+        errors += [{**e, "server": "none-only"} for e in errs]
+        overhead = {
+            "url": args.compare_url,
+            "records": others,
+            "none_overhead_ratio": report.overhead_ratio(records, others),
+        }
+
+    ref, ref_note = reference_step(args, model or checkpoint, names)
+    rat = report.ratios(records, ref)
+    result = {
+        "records": records,
+        "errors": errors,
+        "reference": ref,
+        "reference_error": ref_note,
+        "ratios": rat,
+        "targets": report.targets(rat, names),
+        "overhead": overhead,
+        "model": model_id,
+        "max_tokens": args.max_tokens,
+        "levels": levels,
+        "server": version,
+        "machine": machine(),
+        "started": started,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(table(result["records"], result["ratios"]))
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    print_report(result, args.reference_requests)
     print(f"wrote {args.out}")
 
 

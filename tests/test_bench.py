@@ -1,15 +1,34 @@
-"""The benchmark harness's arithmetic (the run itself is `make bench`)."""
+"""The benchmark harness: its arithmetic on hand-made records, and one small real run."""
 
 from __future__ import annotations
 
-from server.bench import _pct, ratios, table
+import json
+from pathlib import Path
+
+import pytest
+
+from server import bench
+from server.bench_report import (
+    ordered,
+    overhead_lines,
+    overhead_ratio,
+    pct,
+    ratios,
+    reference_table,
+    table,
+    target_lines,
+    targets,
+)
 
 
-def rec(strategy: str, conc: int, tps: float) -> dict:
+def rec(strategy: str, conc: int, tps: float, streamed: bool = True) -> dict:
     return {
         "strategy": strategy,
         "concurrency": conc,
         "requests": 4,
+        "streamed": streamed,
+        "tokens": 128,
+        "wall_s": 1.0,
         "tokens_per_s": tps,
         "requests_per_s": 1.0,
         "latency_p50_s": 0.1,
@@ -18,20 +37,98 @@ def rec(strategy: str, conc: int, tps: float) -> dict:
     }
 
 
+def ref(strategy: str, tps: float) -> dict:
+    return {"strategy": strategy, "tokens": 128, "seconds": 128 / tps, "tokens_per_s": tps}
+
+
+RECORDS = [
+    rec("none", 1, 100.0),
+    rec("vcd", 1, 50.0),
+    rec("none", 16, 400.0),
+    rec("vcd", 16, 300.0),
+    rec("var", 16, 100.0),
+    rec("opera", 16, 30.0, streamed=False),
+    rec("beam-5", 16, 60.0, streamed=False),
+]
+REFERENCE = [ref("none", 200.0), ref("vcd", 50.0), ref("var", 40.0)]
+
+
 def test_ratios_are_within_each_concurrency() -> None:
-    records = [
-        rec("none", 1, 100.0),
-        rec("vcd", 1, 50.0),
-        rec("none", 16, 400.0),
-        rec("vcd", 16, 300.0),
-        rec("var", 16, 100.0),
-    ]
-    assert ratios(records) == {"vcd": {"1": 0.5, "16": 0.75}, "var": {"16": 0.25}}
-    text = table(records, ratios(records))
-    assert "0.75" in text and text.splitlines()[0].startswith("strategy")
+    rat = ratios(RECORDS, REFERENCE)
+    assert rat["vs_none"] == {
+        "vcd": {"1": 0.5, "16": 0.75},
+        "var": {"16": 0.25},
+        "opera": {"16": 0.075},
+        "beam-5": {"16": 0.15},
+    }
+    assert rat["vs_reference"] == {
+        "none": {"1": 0.5, "16": 2.0},
+        "vcd": {"1": 1.0, "16": 6.0},
+        "var": {"16": 2.5},
+    }
+    assert rat["vs_beam5"] == {"opera": {"16": 0.5}}
+    assert ratios(RECORDS[:2]) == {
+        "vs_none": {"vcd": {"1": 0.5}},
+        "vs_reference": {},
+        "vs_beam5": {},
+    }
 
 
-def test_percentile_nearest_rank() -> None:
-    assert _pct([5.0, 1.0, 3.0], 0.5) == 3.0
-    assert _pct([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == 5.0
-    assert _pct([2.0], 0.95) == 2.0
+def test_targets_met_missed_and_not_measured() -> None:
+    got = {(t["strategy"], t["ratio"]): t for t in targets(ratios(RECORDS, REFERENCE), ["none"])}
+    assert got["vcd", "vs_none"]["status"] == "MET"  # 0.75 >= 0.5
+    assert got["vcd", "vs_reference"]["status"] == "MET"  # 6 >= 5
+    assert got["var", "vs_none"]["status"] == "MISSED"  # 0.25 < 0.8
+    assert got["var", "vs_reference"]["status"] == "MISSED"  # 2.5 < 5
+    assert got["opera", "vs_beam5"]["status"] == "MET"  # 0.5 >= 0.3
+    assert got["opera", "vs_reference"]["status"] == "N/A"  # no reference row
+    assert got["damro", "vs_none"]["status"] == "N/A"  # not served
+    assert ("none", "vs_reference") not in got
+    assert [t["strategy"] for t in targets({}, ["zeta"])][-1] == "zeta"
+    text = target_lines(list(got.values()))
+    assert "MISSED var" in text and "not measured" in text
+
+
+def test_tables() -> None:
+    rat = ratios(RECORDS, REFERENCE)
+    text = table(RECORDS, rat)
+    lines = text.splitlines()
+    assert lines[0].startswith("strategy") and "x ref" in lines[0]
+    vcd16 = next(line for line in lines if line.startswith("vcd") and " 16 " in line)
+    assert vcd16.split()[-2:] == ["0.75", "6.00"]
+    assert any(line.startswith("beam-5*") for line in lines) and "not streamed" in lines[-1]
+    ref_lines = reference_table(REFERENCE).splitlines()
+    assert ref_lines[-1].split() == ["var", "128", "3.20", "40.0", "0.20"]
+
+
+def test_overhead_ratio_and_lines() -> None:
+    none_only = [rec("none", 1, 125.0), rec("none", 16, 400.0)]
+    ratio = overhead_ratio(RECORDS, none_only)
+    assert ratio == {"1": 0.8, "16": 1.0}
+    text = overhead_lines({"records": none_only, "none_overhead_ratio": ratio}, RECORDS)
+    assert "0.80x" in text and "125.0" in text
+
+
+def test_order_and_percentile() -> None:
+    assert ordered(["opera", "zeta", "none", "vcd", "none"]) == ["none", "vcd", "opera", "zeta"]
+    assert pct([5.0, 1.0, 3.0], 0.5) == 3.0
+    assert pct([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == 5.0
+    assert pct([2.0], 0.95) == 2.0
+
+
+@pytest.mark.server
+def test_small_run_against_the_server(served, tmp_path: Path) -> None:  # noqa: ANN001
+    """Streamed strategies, non-streamed beam search and the reference engine, end to end."""
+    out = tmp_path / "bench.json"
+    args = ["--url", served.url, "--concurrency", "1,2", "--requests", "2", "--max-tokens", "4"]
+    bench.main([*args, "--strategies", "none", "--reference-requests", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = {(r["strategy"], r["concurrency"]): r for r in result["records"]}
+    assert set(rows) == {("none", 1), ("none", 2), ("beam-5", 1), ("beam-5", 2)}
+    assert rows["none", 2]["streamed"] and not rows["beam-5", 2]["streamed"]
+    # fixed-length outputs; beam search counts the best beam only
+    assert rows["none", 2]["tokens"] == rows["beam-5", 2]["tokens"] == 2 * 4
+    assert [(r["strategy"], r["tokens"]) for r in result["reference"]] == [("none", 4)]
+    assert set(result["ratios"]["vs_reference"]["none"]) == {"1", "2"}
+    assert set(result["ratios"]["vs_none"]["beam-5"]) == {"1", "2"}
+    assert result["errors"] == [] and result["machine"]["cpu_count"] >= 1
