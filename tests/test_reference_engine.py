@@ -241,8 +241,9 @@ def test_prompt_is_the_llava_chat_template(tiny) -> None:  # noqa: ANN001
     from decoding.reference.inputs import chat_prompt
 
     model, processor = tiny
-    assert chat_prompt(processor, "Hi") == "USER: <image>\nHi ASSISTANT:"
+    assert chat_prompt(processor, "Hi") == "<s>USER: <image>\nHi ASSISTANT:"
     enc = encode(model, processor, _image(0), "Hi")
+    assert enc.input_ids[0, :2].tolist() == [processor.tokenizer.bos_token_id, 274]  # one BOS
     assert enc.image_positions.numel() == 64  # 112 px / 14 px patches, CLS dropped
     assert enc.image_positions.tolist() == list(
         range(int(enc.image_positions[0]), int(enc.image_positions[0]) + 64)

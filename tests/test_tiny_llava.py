@@ -35,7 +35,7 @@ def encode(processor, img, prompt: str):  # noqa: ANN001
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
         add_generation_prompt=True,
     )
-    return processor(images=img, text=text, return_tensors="pt")
+    return processor(images=img, text=text, return_tensors="pt", add_special_tokens=False)
 
 
 def greedy(hf, img, prompt: str, n: int = 16) -> str:  # noqa: ANN001

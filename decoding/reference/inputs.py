@@ -39,10 +39,11 @@ def encode(
     (the reference passes the model profile's)."""
     token = model.config.image_token_id if image_token_id is None else image_token_id
     text = chat_prompt(processor, prompt, with_image=image is not None)
-    if image is None:
-        enc = processor(text=text, return_tensors="pt")
-    else:
-        enc = processor(images=image, text=text, return_tensors="pt")
+    # vLLM's chat endpoint tokenizes the templated text without adding special tokens
+    # (``add_special_tokens`` defaults to false there): BOS is present only if the chat
+    # template writes it. The reference sees exactly the served token ids.
+    kw = {"text": text, "return_tensors": "pt", "add_special_tokens": False}
+    enc = processor(**kw) if image is None else processor(images=image, **kw)
     ids = enc["input_ids"].to(model.device)
     pixels = enc.get("pixel_values")
     if pixels is not None:

@@ -53,7 +53,7 @@ from decoding.testing.tokenizer import build_tokenizer
 #: Residual-stream dimensions that carry the planted massive activations.
 TINY_SINK_DIMS = (17, 93)
 #: Bumped whenever the build recipe changes, so cached builds are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,8 @@ def _batch(processor: LlavaProcessor, examples: list[tuple]) -> dict[str, torch.
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
             add_generation_prompt=True,
         )
-        enc = processor(images=img, text=prompt, return_tensors="pt")
+        # The chat template writes BOS itself (as vLLM's chat endpoint expects).
+        enc = processor(images=img, text=prompt, return_tensors="pt", add_special_tokens=False)
         p_ids = enc["input_ids"][0].tolist()
         a_ids = tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         ids.append(p_ids + a_ids)
@@ -317,7 +318,13 @@ def ensure_tiny_llava(spec: TinyLlavaSpec | None = None, cache_dir: Path | None 
     spec = spec or TinyLlavaSpec()
     path = (cache_dir or default_cache_dir()) / f"tiny-llava-{spec.digest()}"
     if not (path / "model.safetensors").exists():
-        build_tiny_llava(path, spec, log=True)
+        # Build beside it and rename: concurrent test processes may race for the build.
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        build_tiny_llava(tmp, spec, log=True)
+        try:
+            tmp.rename(path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -16,7 +16,7 @@ SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 #: string content and OpenAI-style lists of parts (images first, as llava-hf does), and
 #: an optional system message written before the first turn.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+    "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] == 'system' %}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}"

@@ -1,0 +1,41 @@
+"""``vcd``: the contrast request sees the image with diffusion noise (reference contract:
+:func:`decoding.cores.vcd.add_diffusion_noise` on the normalised pixels, seeded by
+``noise_seed``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import SamplingParams
+
+from decoding.cores import vcd as vcd_core
+from decoding.engine.client import RunContext, register_runner
+from decoding.engine.runners import contrast_inputs as ci
+from decoding.engine.runners.pairs import run_contrastive
+
+
+def noised_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> dict:
+    step, seed = int(params["noise_step"]), int(params["noise_seed"])
+    items = []
+    for item in ci.image_items(prompt):
+        pixels = item["pixel_values"].data
+        noised = vcd_core.add_diffusion_noise(pixels.unsqueeze(0).float(), step, seed)[0]
+        items.append(ci.replace_field(item, "pixel_values", noised.to(pixels.dtype)))
+    return ci.with_items(prompt, items, f"vcd:{step}:{seed}")
+
+
+@register_runner("vcd")
+async def run(
+    ctx: RunContext,
+    prompt: Any,
+    sampling_params: SamplingParams,
+    request_id: str,
+    params: dict[str, Any],
+    **kwargs: Any,
+) -> AsyncGenerator[RequestOutput, None]:
+    async for out in run_contrastive(
+        ctx, prompt, sampling_params, request_id, params, noised_input, **kwargs
+    ):
+        yield out
