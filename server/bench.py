@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
             "none_overhead_ratio": report.overhead_ratio(records, others),
         }
 
-    ref, ref_note = reference_step(args, model or checkpoint, names)
+    measured = report.ordered([r["strategy"] for r in records])  # not the ones that failed
+    ref, ref_note = reference_step(args, model or checkpoint, measured)
     rat = report.ratios(records, ref)
     result = {
         "records": records,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 from server import bench
@@ -114,6 +117,25 @@ def test_order_and_percentile() -> None:
     assert pct([5.0, 1.0, 3.0], 0.5) == 3.0
     assert pct([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == 5.0
     assert pct([2.0], 0.95) == 2.0
+
+
+def test_a_strategy_refused_streamed_is_measured_unstreamed(monkeypatch) -> None:  # noqa: ANN001
+    calls = []
+
+    async def fake(client, model, name, chat, max_tokens, stream):  # noqa: ANN001, ANN202
+        calls.append((name, stream))
+        if stream and name == "opera":
+            resp = httpx.Response(400, request=httpx.Request("POST", "http://x"))
+            raise openai.BadRequestError("streaming not supported", response=resp, body=None)
+        return 0.1, 0.1, max_tokens
+
+    monkeypatch.setattr(bench, "one_request", fake)
+    assert asyncio.run(bench.warm_up(None, "m", "none")) is True
+    assert asyncio.run(bench.warm_up(None, "m", "opera")) is False
+    assert asyncio.run(bench.warm_up(None, "m", "beam-5")) is False
+    assert calls == [("none", True), ("opera", True), ("opera", False), ("beam-5", False)]
+    assert bench.request_body("beam-5")["n"] == 5
+    assert bench.request_body("vcd") == {"decoding": {"strategy": "vcd"}, "ignore_eos": True}
 
 
 @pytest.mark.server
