@@ -143,7 +143,8 @@ def test_small_run_against_the_server(served, tmp_path: Path) -> None:  # noqa: 
     """Streamed strategies, non-streamed beam search and the reference engine, end to end."""
     out = tmp_path / "bench.json"
     args = ["--url", served.url, "--concurrency", "1,2", "--requests", "2", "--max-tokens", "4"]
-    bench.main([*args, "--strategies", "none", "--reference-requests", "1", "--out", str(out)])
+    args += ["--strategies", "none", "--reference-requests", "1", "--reference-rounds", "2"]
+    bench.main([*args, "--out", str(out)])
     result = json.loads(out.read_text())
     rows = {(r["strategy"], r["concurrency"]): r for r in result["records"]}
     assert set(rows) == {("none", 1), ("none", 2), ("beam-5", 1), ("beam-5", 2)}
@@ -151,6 +152,7 @@ def test_small_run_against_the_server(served, tmp_path: Path) -> None:  # noqa: 
     # fixed-length outputs; beam search counts the best beam only
     assert rows["none", 2]["tokens"] == rows["beam-5", 2]["tokens"] == 2 * 4
     assert [(r["strategy"], r["tokens"]) for r in result["reference"]] == [("none", 4)]
+    assert len(result["reference"][0]["rounds_tokens_per_s"]) == 2
     assert set(result["ratios"]["vs_reference"]["none"]) == {"1", "2"}
     assert set(result["ratios"]["vs_none"]["beam-5"]) == {"1", "2"}
     assert result["errors"] == [] and result["machine"]["cpu_count"] >= 1
