@@ -136,7 +136,7 @@ def bad_image_url(kind: str) -> str:
         ({"strategy": 5}, 400, "decoding.strategy"),
         ("none", 400, "decoding"),
         ({"strategy": "none", "alpha": 1.0}, 400, "decoding.alpha"),
-        ({"strategy": "vcd"}, 400, "decoding.strategy"),  # registered, not served here
+        ({"strategy": "vcd", "beta": 2.0}, 400, "decoding.beta"),
     ],
 )
 def test_bad_decoding_objects(served, decoding, status: int, param: str) -> None:  # noqa: ANN001

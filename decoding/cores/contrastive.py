@@ -96,6 +96,16 @@ def _summary(logprobs: torch.Tensor, token: int) -> Choice:
     return Choice(token=token, logprob=float(logprobs[token]), margin=margin)
 
 
+def forced_choice(
+    scores: torch.Tensor, token: int, temperature: float = 0.0, top_p: float = 1.0
+) -> Choice:
+    """The :class:`Choice` record of ``token`` when it is imposed (teacher forcing): its
+    log-probability under the distribution :func:`choose` would draw from."""
+    row = scores.float().reshape(-1)
+    warped = row if temperature == 0.0 else warp(row, temperature, top_p)
+    return _summary(torch.log_softmax(warped, dim=-1), token)
+
+
 def choose(
     scores: torch.Tensor,
     temperature: float = 0.0,

@@ -33,7 +33,7 @@ from decoding.cores import avc as avc_core
 from decoding.cores import damro as damro_core
 from decoding.cores import var as var_core
 from decoding.cores import vcd as vcd_core
-from decoding.cores.contrastive import Choice, choose, contrast_logits
+from decoding.cores.contrastive import Choice, choose, contrast_logits, forced_choice
 from decoding.profiles import ModelProfile, profile_for
 from decoding.reference.attention import decoder_attention_modules, lucid_attention
 from decoding.reference.inputs import PromptInputs, encode, eos_ids, image_features, splice
@@ -243,12 +243,15 @@ def reference_generate(
     top_p: float = 1.0,
     seed: int | None = None,
     profile: ModelProfile | None = None,
+    forced_tokens: list[int] | None = None,
 ) -> ReferenceResult:
     """Generate one answer with ``decoding`` (a raw ``decoding`` dict, ``None`` for
     ``none``, or a resolved :class:`~decoding.strategies.Decoding`).
 
     ``temperature == 0`` is greedy; otherwise sampling with ``top_p`` from a generator
     seeded with ``seed`` (0 if None). Generation stops at EOS or ``max_new_tokens``.
+    ``forced_tokens`` imposes the answer (teacher forcing, not for ``opera``): the result
+    then reports each imposed token's log-probability under the reference distribution.
     Sampling options a strategy rejects at admission raise
     :class:`~decoding.strategies.DecodingParamError` here too.
     """
@@ -286,6 +289,7 @@ def reference_generate(
                 top_p,
                 generator,
                 info,
+                forced_tokens,
             )
     return ReferenceResult(
         strategy=name,
@@ -312,6 +316,7 @@ def _decode(
     top_p: float,
     generator: torch.Generator,
     info: dict,
+    forced: list[int] | None = None,
 ) -> tuple[list[int], list[float], list[float], str]:
     clean_embeds, feats = _clean_embeds(model, inputs)
     clean = Branch(model, clean_embeds)
@@ -335,14 +340,19 @@ def _decode(
         logprobs: list[float] = []
         margins: list[float] = []
         finish = "length"
-        for _ in range(max_new_tokens):
+        if forced is not None:
+            max_new_tokens = min(max_new_tokens, len(forced))
+        for step in range(max_new_tokens):
             if contrast is not None:
                 scores = contrast_logits(logits, c_logits, alpha, params.beta)
             elif name in ("vcd", "avc", "damro"):
                 scores = contrast_logits(logits, logits, 0.0, params.beta)
             else:
                 scores = logits
-            choice: Choice = choose(scores, temperature, top_p, generator)
+            if forced is not None:
+                choice: Choice = forced_choice(scores, forced[step], temperature, top_p)
+            else:
+                choice = choose(scores, temperature, top_p, generator)
             tokens.append(choice.token)
             logprobs.append(choice.logprob)
             margins.append(choice.margin)

@@ -16,10 +16,10 @@ from vllm.sampling_params import SamplingParams
 
 from decoding.engine.client import RunContext, register_runner
 from decoding.engine.runners import contrast_inputs as ci
-from decoding.engine.runners.pairs import run_contrastive
+from decoding.engine.runners.pairs import Contrast, run_contrastive
 
 
-def outlier_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> dict:
+def outlier_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contrast:
     ranges = sorted(prompt["mm_placeholders"][ci.MODALITY], key=lambda r: r.offset)
     counts = [min(int(params["top_k"]), r.length) for r in ranges]
     ids, placeholders = ci.shrink_images(prompt, counts, int(hf_config.image_token_index))
@@ -27,12 +27,14 @@ def outlier_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> dict:
         ci.add_field(item, "lucid_topk", torch.tensor(count))
         for item, count in zip(ci.image_items(prompt), counts, strict=True)
     ]
-    return ci.with_items(
-        prompt,
-        items,
-        f"damro:{params['top_k']}",
-        prompt_token_ids=ids,
-        mm_placeholders=placeholders,
+    return Contrast(
+        ci.with_items(
+            prompt,
+            items,
+            f"damro:{params['top_k']}",
+            prompt_token_ids=ids,
+            mm_placeholders=placeholders,
+        )
     )
 
 

@@ -29,8 +29,19 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 from decoding.engine.client import RunContext
 from decoding.engine.worker.rows import ENGINE_KEY
 
-#: Builds the contrast input from the main one: ``(prompt, params, hf_config) -> prompt``.
-ContrastBuilder = Callable[[dict, dict[str, Any], Any], dict]
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """A contrast input: the engine prompt, extra engine settings for its rows, and
+    whether it must be prefilled in full (its KV depends on the whole prompt pass)."""
+
+    prompt: dict
+    engine: dict[str, Any] = dataclasses.field(default_factory=dict)
+    full_prefill: bool = False
+
+
+#: Builds the contrast input from the main one: ``(prompt, params, hf_config)``.
+ContrastBuilder = Callable[[dict, dict[str, Any], Any], Contrast]
 
 
 def extend(prompt: dict, tokens: list[int]) -> dict:
@@ -64,7 +75,7 @@ class _Answer:
         self,
         ctx: RunContext,
         prompt: dict,
-        contrast: dict | None,
+        contrast: Contrast | None,
         sp: SamplingParams,
         request_id: str,
         index: int,
@@ -85,11 +96,18 @@ class _Answer:
         sp.output_kind = RequestOutputKind.DELTA
         sp.max_tokens = (sp.max_tokens or 0) - len(self.tokens) if sp.max_tokens else None
         sp.min_tokens = max(0, sp.min_tokens - len(self.tokens))
-        # A restarted pair must not replay the random stream of the first attempt.
-        sp.seed = None if self.seed is None else (self.seed + 1_000_003 * attempt) % 2**63
+        # The seed depends on the tokens already decided, not on the attempt: a pair that
+        # restarts before its first token (the usual case: the two requests reached the
+        # engine in different steps) replays exactly the stream it would have drawn.
+        done = len(self.tokens)
+        sp.seed = None if self.seed is None else (self.seed + 1_000_003 * done) % 2**63
         cfg = {"kind": "cd", "pair": f"{self.request_id}/{self.index}/{attempt}", "role": role}
         if role != "contrast":
             cfg |= {"alpha": self.params["alpha"], "beta": self.params["beta"]}
+        elif self.contrast is not None:
+            cfg |= self.contrast.engine
+            if self.contrast.full_prefill:
+                sp.skip_reading_prefix_cache = True
         sp.extra_args = {**(sp.extra_args or {}), ENGINE_KEY: json.dumps(cfg)}
         if role == "contrast":
             # Same sampler inputs as main (it must draw the same token); one token of
@@ -108,14 +126,15 @@ class _Answer:
             helper = None
             if self.contrast is not None:
                 con = engine.generate(
-                    extend(self.contrast, self.tokens),
+                    extend(self.contrast.prompt, self.tokens),
                     self._params(attempt, "contrast"),
                     f"{self.request_id}-contrast{suffix}",
                     **self.kwargs,
                 )
                 helper = asyncio.create_task(_drain(con))
                 self.ctx.extra_tokens(
-                    "contrast_prefill", len(self.contrast["prompt_token_ids"]) + len(self.tokens)
+                    "contrast_prefill",
+                    len(self.contrast.prompt["prompt_token_ids"]) + len(self.tokens),
                 )
             role = "main" if self.contrast is not None else "solo"
             gen = engine.generate(

@@ -1,3 +1,8 @@
 """Imports every engine-side mechanism so that it registers its hooks."""
 
-from decoding.engine.worker import contrast  # noqa: F401
+from decoding.engine.worker import (
+    avc,  # noqa: F401
+    contrast,  # noqa: F401
+    opera,  # noqa: F401
+    var,  # noqa: F401
+)

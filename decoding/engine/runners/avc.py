@@ -1,0 +1,50 @@
+"""``avc``: the contrast request keeps only the blind image tokens (the over-attended ones).
+
+The contrast request carries the same image under its own multimodal hash and the AVC
+settings; the engine (:mod:`decoding.engine.worker.avc`) finds the blind tokens from the
+clean prefill attention of the last prompt token and masks the other image embeddings
+before the contrast KV is written. It is always prefilled in full (never from the prefix
+cache), because the mask is computed from that pass."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import SamplingParams
+
+from decoding.engine.client import RunContext, register_runner
+from decoding.engine.runners import contrast_inputs as ci
+from decoding.engine.runners.pairs import Contrast, run_contrastive
+
+
+def masked_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contrast:
+    gamma, lamb, mask = float(params["gamma"]), float(params["lamb"]), str(params["mask"])
+    engine = {
+        "avc": {
+            "gamma": gamma,
+            "lamb": lamb,
+            "mask": mask,
+            # The query is the last token of the ORIGINAL prompt, also after restarts.
+            "query": len(prompt["prompt_token_ids"]) - 1,
+            "image_token": int(hf_config.image_token_index),
+        }
+    }
+    tagged = ci.with_items(prompt, ci.image_items(prompt), f"avc:{gamma}:{lamb}:{mask}")
+    return Contrast(tagged, engine=engine, full_prefill=True)
+
+
+@register_runner("avc")
+async def run(
+    ctx: RunContext,
+    prompt: Any,
+    sampling_params: SamplingParams,
+    request_id: str,
+    params: dict[str, Any],
+    **kwargs: Any,
+) -> AsyncGenerator[RequestOutput, None]:
+    async for out in run_contrastive(
+        ctx, prompt, sampling_params, request_id, params, masked_input, **kwargs
+    ):
+        yield out

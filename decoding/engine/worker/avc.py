@@ -1,0 +1,101 @@
+"""AVC's contrast prefill inside the engine: find the blind image tokens, mask the rest.
+
+A step that prefills an AVC contrast request runs the language model twice. Pass one is
+the ordinary forward; meanwhile the attention hook records, for each flagged request and
+every decoder layer, the head-mean attention of the original prompt's last token over the
+image tokens (probabilities recomputed in float32 from the paged KV cache). The blind
+tokens follow from :func:`decoding.cores.avc.blind_tokens`; pass two runs the step again
+with the other image embeddings of those requests zeroed (or set to one) and overwrites
+their KV, so the contrast sequence holds exactly the masked input the reference builds.
+Other requests in the step recompute identical values. Decode steps are untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from vllm.forward_context import get_forward_context
+
+from decoding.cores import avc as avc_core
+from decoding.engine.worker import hooks
+from decoding.engine.worker.attention import gather_kv, layer_index, row_span
+from decoding.engine.worker.rows import STEP, Row
+
+#: row -> per-layer image attention, filled during pass one only.
+_CAPTURE: dict[int, dict[int, torch.Tensor]] = {}
+
+
+def _metadata() -> Any:
+    meta = get_forward_context().attn_metadata
+    if isinstance(meta, dict):
+        meta = next(iter(meta.values()), None)
+    if isinstance(meta, list):  # one dict per micro-batch (ubatching)
+        meta = next(iter(meta[0].values()), None)
+    return meta
+
+
+def _image_positions(row: Row) -> torch.Tensor:
+    cfg = row.config["avc"]
+    prompt = torch.tensor(row.prompt[: cfg["query"] + 1])
+    return torch.nonzero(prompt == cfg["image_token"]).flatten()
+
+
+def _pending(meta: Any) -> dict[int, Row]:
+    """AVC contrast rows whose image tokens are computed in this step."""
+    out = {}
+    for index, row in STEP.of_kind("cd").items():
+        if "avc" not in row.config or index + 1 >= len(meta.query_start_loc):
+            continue
+        start, end, seq_len = row_span(meta, index)
+        first = seq_len - (end - start)  # position of the step's first token
+        if first <= row.config["avc"]["query"]:
+            out[index] = row
+    return out
+
+
+def two_pass(model: Any, run: Any, embeds: torch.Tensor | None) -> Any:
+    meta = _metadata()
+    pending = _pending(meta) if meta is not None and embeds is not None else {}
+    if not pending:
+        return run(embeds)
+    _CAPTURE.clear()
+    _CAPTURE.update({index: {} for index in pending})
+    try:
+        run(embeds)
+    finally:
+        captured = dict(_CAPTURE)
+        _CAPTURE.clear()
+    masked = embeds.clone()
+    for index, row in pending.items():
+        cfg = row.config["avc"]
+        layers = captured[index]
+        attn = torch.stack([layers[k] for k in sorted(layers)])
+        blind = avc_core.blind_tokens(attn, cfg["gamma"], cfg["lamb"])
+        start, end, seq_len = row_span(meta, index)
+        first = seq_len - (end - start)
+        positions = _image_positions(row) - first + start
+        masked = avc_core.mask_image_embeddings(masked, positions, blind, cfg["mask"])
+        row.state["avc_blind"] = torch.nonzero(blind).flatten().tolist()
+    return run(masked)
+
+
+def capture(impl: Any, layer: Any, query: torch.Tensor, kv_cache: Any, meta: Any, out: Any):
+    if not _CAPTURE:
+        return
+    key_cache, value_cache = impl.split_cache(kv_cache)
+    for index in _CAPTURE:
+        row = STEP.rows[index]
+        cfg = row.config["avc"]
+        start, end, seq_len = row_span(meta, index)
+        q_pos = cfg["query"]
+        q = query[start + q_pos - (seq_len - (end - start))].float()  # (heads, dim)
+        k, _ = gather_kv(key_cache, value_cache, meta, index, q_pos + 1)
+        k = k.float().repeat_interleave(q.shape[0] // k.shape[0], dim=0)  # GQA
+        probs = torch.softmax(torch.einsum("hd,hld->hl", q, k) * impl.scale, dim=-1)
+        image = _image_positions(row)
+        _CAPTURE[index][layer_index(layer)] = probs[:, image].mean(dim=0)
+
+
+hooks.FORWARD.append(two_pass)
+hooks.ATTENTION.append(capture)
