@@ -45,6 +45,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -122,16 +123,18 @@ async def one_request(
     return total, ttft if ttft is not None else total, tokens
 
 
-async def warm_up(client: openai.AsyncOpenAI, model: str, name: str) -> bool:
-    """One short request (first-use costs); returns whether ``name`` is measured streamed."""
+async def warm_up(client: openai.AsyncOpenAI, model: str, name: str, max_tokens: int) -> bool:
+    """One request like the measured ones (first-use costs; a strategy may refuse some
+    ``max_tokens``); returns whether ``name`` is measured streamed."""
+    chat = messages(4999)
     if name == BEAM:
-        await one_request(client, model, name, messages(4999), 2, stream=False)
+        await one_request(client, model, name, chat, max_tokens, stream=False)
         return False
     try:
-        await one_request(client, model, name, messages(4999), 2, stream=True)
+        await one_request(client, model, name, chat, max_tokens, stream=True)
         return True
     except openai.BadRequestError:
-        await one_request(client, model, name, messages(4999), 2, stream=False)
+        await one_request(client, model, name, chat, max_tokens, stream=False)
         return False
 
 
@@ -183,7 +186,7 @@ async def measure(
             if name in failed:
                 continue
             try:
-                stream = await warm_up(client, model, name)
+                stream = await warm_up(client, model, name, max_tokens)
                 n = max(requests, level)
                 rec = await run_level(client, model, name, level, n, max_tokens, stream, seed)
                 seed += n
@@ -296,12 +299,14 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
     records, rat = result["records"], result["ratios"]
     print(f"served ({result['model']}, {result['max_tokens']} tokens per answer, greedy)")
     print(report.table(records, rat))
-    print(
-        f"\nreference engine (batch 1, {args.reference_requests} requests per strategy, "
-        f"best of {args.reference_rounds} rounds)"
-    )
-    ref = result["reference"]
-    print(report.reference_table(ref) if ref else result["reference_error"])
+    if result["reference"]:
+        print(
+            f"\nreference engine (batch 1, {args.reference_requests} requests per strategy, "
+            f"best of {args.reference_rounds} rounds)"
+        )
+        print(report.reference_table(result["reference"]))
+    else:
+        print(f"\nreference engine: {result['reference_error']}")
     if result["overhead"] is not None:
         print("\nloaded-but-unused overhead")
         print(report.overhead_lines(result["overhead"], records))
@@ -349,6 +354,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="checkpoint to serve when no --url (default: the tiny one); with --url, the "
         "served checkpoint for the reference engine (default: the server's, if local)",
     )
+    ap.add_argument(
+        "--server-args",
+        default="",
+        help="extra arguments for the servers this harness starts (e.g. '--max-logprobs 64')",
+    )
     ap.add_argument("--strategies", help="comma-separated (default: all the server enables)")
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--requests", type=int, default=16, help="requests per level (>= conc)")
@@ -383,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model = str(ensure_tiny_llava())
 
-    with serving(args.url, model, []) as url:
+    extra = shlex.split(args.server_args)
+    with serving(args.url, model, extra) as url:
         version, model_id, checkpoint = server_info(url)
         names = report.ordered(
             args.strategies.split(",") if args.strategies else version.get("strategies", ["none"])
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
 
     overhead = None
     if args.overhead or args.compare_url:
-        with serving(args.compare_url, model, ["--strategies", "none"]) as url2:
+        with serving(args.compare_url, model, [*extra, "--strategies", "none"]) as url2:
             others, errs = asyncio.run(
                 measure(url2, ["none"], levels, args.requests, args.max_tokens)
             )

@@ -130,9 +130,9 @@ def test_a_strategy_refused_streamed_is_measured_unstreamed(monkeypatch) -> None
         return 0.1, 0.1, max_tokens
 
     monkeypatch.setattr(bench, "one_request", fake)
-    assert asyncio.run(bench.warm_up(None, "m", "none")) is True
-    assert asyncio.run(bench.warm_up(None, "m", "opera")) is False
-    assert asyncio.run(bench.warm_up(None, "m", "beam-5")) is False
+    assert asyncio.run(bench.warm_up(None, "m", "none", 8)) is True
+    assert asyncio.run(bench.warm_up(None, "m", "opera", 8)) is False
+    assert asyncio.run(bench.warm_up(None, "m", "beam-5", 8)) is False
     assert calls == [("none", True), ("opera", True), ("opera", False), ("beam-5", False)]
     assert bench.request_body("beam-5")["n"] == 5
     assert bench.request_body("vcd") == {"decoding": {"strategy": "vcd"}, "ignore_eos": True}
