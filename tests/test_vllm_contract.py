@@ -33,7 +33,55 @@ CONTRACT = [
     ("vllm.utils.argparse_utils", "FlexibleArgumentParser", []),
     ("vllm.platforms", "current_platform", []),
     ("vllm.outputs", "RequestOutput", []),
+    ("vllm.outputs", "CompletionOutput", ["index", "text", "token_ids", "cumulative_logprob"]),
     ("vllm.sampling_params", "SamplingParams", []),
+    ("vllm.sampling_params", "RequestOutputKind", []),
+    # engine side: model, attention, batch rows
+    ("vllm", "ModelRegistry.register_model", ["model_arch", "model_cls"]),
+    (
+        "vllm.model_executor.models.llava",
+        "LlavaForConditionalGeneration.forward",
+        ["input_ids", "positions", "intermediate_tensors", "inputs_embeds"],
+    ),
+    (
+        "vllm.model_executor.models.llava",
+        "LlavaForConditionalGeneration.compute_logits",
+        ["hidden_states"],
+    ),
+    ("vllm.model_executor.models.llava", "LlavaForConditionalGeneration.embed_multimodal", []),
+    (
+        "vllm.v1.attention.backends.cpu_attn",
+        "CPUAttentionBackendImpl.forward",
+        ["layer", "query", "key", "value", "kv_cache", "attn_metadata", "output"],
+    ),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackend.get_impl_cls", []),
+    (
+        "vllm.v1.attention.backends.flash_attn",
+        "FlashAttentionImpl.forward",
+        ["layer", "query", "key", "value", "kv_cache", "attn_metadata", "output"],
+    ),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionBackend", []),
+    ("vllm.v1.attention.backend", "AttentionType", []),
+    ("vllm.v1.attention.backends.registry", "register_backend", ["backend", "class_path"]),
+    ("vllm.v1.attention.backends.registry", "AttentionBackendEnum", []),
+    ("vllm.forward_context", "get_forward_context", []),
+    (
+        "vllm.v1.sample.logits_processor",
+        "LogitsProcessor.__init__",
+        ["vllm_config", "device", "is_pin_memory"],
+    ),
+    ("vllm.v1.sample.logits_processor", "LogitsProcessor.update_state", ["batch_update"]),
+    ("vllm.v1.sample.logits_processor", "LogitsProcessor.apply", ["logits"]),
+    ("vllm.v1.sample.logits_processor", "BatchUpdate", []),
+    ("vllm.v1.sample.logits_processor", "MoveDirectionality", []),
+    ("vllm.multimodal.inputs", "MultiModalFieldConfig.batched", ["modality"]),
+    ("vllm.multimodal.inputs", "MultiModalFieldElem", ["data", "field"]),
+    ("vllm.multimodal.inputs", "MultiModalKwargsItem", []),
+    ("vllm.multimodal.inputs", "MultiModalKwargsItems", []),
+    ("vllm.multimodal.inputs", "PlaceholderRange", ["offset", "length"]),
+    ("vllm.exceptions", "VLLMValidationError", []),
+    ("vllm.logprobs", "Logprob", ["logprob", "rank", "decoded_token"]),
+    ("vllm.v1.engine.async_llm", "AsyncLLM.generate", ["prompt", "sampling_params", "request_id"]),
 ]
 
 
@@ -61,6 +109,34 @@ def test_extra_args_and_vllm_xargs_reach_the_engine() -> None:
     )
     req = ChatCompletionRequest(model="m", messages=[], vllm_xargs={"k": "v"})
     assert req.to_sampling_params(8, {}).extra_args == {"k": "v"}
+
+
+def test_sampling_fields_the_runners_set() -> None:
+    from vllm.sampling_params import SamplingParams
+
+    sp = SamplingParams()
+    for field in ("extra_args", "output_kind", "seed", "detokenize", "skip_reading_prefix_cache"):
+        assert hasattr(sp, field), field
+    assert hasattr(sp, "clone")
+
+
+def _engine_imports() -> set[tuple[str, str]]:
+    found = set()
+    for path in (ROOT / "decoding" / "engine").glob("**/*.py"):
+        text = path.read_text()
+        for match in re.finditer(r"from\s+(vllm[\w.]*)\s+import\s+(\([^)]*\)|[^\n]+)", text):
+            names = match.group(2).strip("()")
+            for name in re.split(r"[,\s]+", names):
+                name = name.split("#")[0].strip()
+                if name and name != "as" and name.isidentifier():
+                    found.add((match.group(1), name))
+    return found
+
+
+def test_every_vllm_symbol_the_engine_imports_is_in_the_contract() -> None:
+    listed = {(m, a.split(".")[0]) for m, a, _ in CONTRACT}
+    missing = sorted(f"{m}:{a}" for m, a in _engine_imports() - listed)
+    assert missing == [], "add these to CONTRACT (with the parameters relied on)"
 
 
 def test_only_the_engine_package_imports_vllm() -> None:
