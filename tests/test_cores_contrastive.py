@@ -95,3 +95,14 @@ def test_sampling_is_seeded_and_reports_the_warped_distribution() -> None:
     expected = {0: math.log(0.5 / 0.8), 1: math.log(0.3 / 0.8)}[c.token]
     assert c.logprob == pytest.approx(expected, abs=1e-6)
     assert c.margin == pytest.approx(math.log(0.5 / 0.3), abs=1e-6)
+
+
+def test_forced_choice_reports_the_imposed_token() -> None:
+    from decoding.cores.contrastive import forced_choice
+
+    scores = torch.tensor([0.0, math.log(3.0), float("-inf")])
+    c = forced_choice(scores, 0)  # greedy distribution: softmax = [1/4, 3/4, 0]
+    assert c.token == 0 and math.isclose(c.logprob, math.log(0.25), rel_tol=1e-6)
+    assert math.isclose(c.margin, math.log(3.0), rel_tol=1e-6)
+    hot = forced_choice(scores, 1, temperature=0.5)  # [1, 9] / 10
+    assert math.isclose(hot.logprob, math.log(0.9), rel_tol=1e-6)

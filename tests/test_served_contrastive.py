@@ -195,3 +195,24 @@ def test_disconnect_releases_both_requests_and_cache(served, strategy: str) -> N
     spent = _metric(text, "lucid:extra_forward_tokens_total", strategy=strategy)
     assert spent > _metric(before, "lucid:extra_forward_tokens_total", strategy=strategy)
     assert httpx.get(served.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"use_beam_search": True, "n": 2}, "use_beam_search"),
+        ({"prompt_logprobs": 1}, "prompt_logprobs"),
+    ],
+)
+def test_unsupported_options_are_400(served, extra: dict, param: str) -> None:  # noqa: ANN001
+    body = {
+        "model": served.model,
+        "max_tokens": 2,
+        "decoding": {"strategy": "damro"},
+        "messages": synthetic.chat_messages(synthetic.sample(1)[0], "Hi"),
+        **extra,
+    }
+    r = httpx.post(served.base_url + "/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and param in err["message"]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from decoding.strategies.base import Strategy, StrategyParams
+from decoding.strategies.base import CONTRASTIVE_UNSUPPORTED, Strategy, StrategyParams
 from decoding.strategies.registry import register_strategy
 
 
@@ -47,3 +47,4 @@ class AVCStrategy(Strategy):
     name = "avc"
     Params = AVCParams
     needs_image = True
+    unsupported_sampling = CONTRASTIVE_UNSUPPORTED

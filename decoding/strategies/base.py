@@ -56,3 +56,12 @@ class Strategy(ABC):
                     f"strategy {cls.name!r} does not support {key}={request[key]!r}: {why}",
                     param=key,
                 )
+
+
+#: Request options the paired (main + contrast) engine requests of vcd/avc/damro cannot
+#: honour; shared so that the three strategies reject them alike.
+CONTRASTIVE_UNSUPPORTED: dict[str, str] = {
+    "use_beam_search": "contrastive decoding samples or decodes greedily, not by beam search",
+    "prompt_logprobs": "the prompt is scored by two requests; ask for output logprobs instead",
+    "allowed_token_ids": "the contrastive pair reserves a control token that must stay allowed",
+}

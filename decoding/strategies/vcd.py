@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from decoding.strategies.base import Strategy, StrategyParams
+from decoding.strategies.base import CONTRASTIVE_UNSUPPORTED, Strategy, StrategyParams
 from decoding.strategies.registry import register_strategy
 
 
@@ -44,3 +44,4 @@ class VCDStrategy(Strategy):
     name = "vcd"
     Params = VCDParams
     needs_image = True
+    unsupported_sampling = CONTRASTIVE_UNSUPPORTED
