@@ -186,7 +186,7 @@ def reference_table(reference: list[dict[str, Any]]) -> str:
 def target_lines(results: list[dict[str, Any]]) -> str:
     lines = []
     for t in results:
-        value = "not measured" if t["value"] is None else f"{t['value']:.2f}"
+        value = "not measured" if t["value"] is None else f"{t['value']:.3f}"
         lines.append(
             f"{t['status']:<7}{t['strategy']:<8}{RATIO_LABEL[t['ratio']]:<12}"
             f"{value:>13} (need >= {t['minimum']:g})"
