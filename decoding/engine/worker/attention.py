@@ -72,12 +72,18 @@ class _HookMixin:
 class LucidCPUAttentionImpl(_HookMixin, CPUAttentionBackendImpl):
     def split_cache(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # CPU layout: [blocks, kv_heads, block_size, 2 * head_dim] holding each block's
-        # keys then values (cpu_attn.py forward).
+        # keys then values (cpu_attn.py forward). The "vec"/"vec16" kernels store a block's
+        # keys transposed, [head_dim, block_size], and its values as [block_size, head_dim]
+        # (checked against cpu_attn_reshape_and_cache); the key view undoes the transpose.
+        # The AMX kernels (bf16 on AMX CPUs) tile both and are not readable here.
+        if getattr(self, "_lucid_isa", None) not in (None, "vec", "vec16"):
+            raise NotImplementedError(f"reading the CPU KV cache of ISA {self._lucid_isa!r}")
         nb, h, bs, _ = kv_cache.shape
         key, value = kv_cache.view(nb, h, bs * 2, -1).chunk(2, dim=2)
-        return key, value
+        return key.view(nb, h, -1, bs).transpose(2, 3), value
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN201
+        self._lucid_isa = getattr(layer, "isa", None)
         out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw)
         self._run_hooks(layer, query, kv_cache, attn_metadata, out)
         return out
