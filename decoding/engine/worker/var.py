@@ -69,27 +69,25 @@ def edit_probs(
     ``threshold`` (``1 - rho``) and ``summ``: ``(R,)`` float32. Returns the edited
     probabilities and ``(R, H, Q)`` bool: the rows that changed. Per request this is
     :func:`decoding.cores.var.select_rows` followed by
-    :func:`decoding.cores.var.redistribute`, with the same operations in the same order.
+    :func:`decoding.cores.var.redistribute`; the four masked sums of each row come from
+    one matrix product, so the last bits may differ from the core's.
     """
-    img_k = image[:, None, None, :]
-    vis_k = (sinks & image)[:, None, None, :]
-    sink_f = sinks[:, None, None, :].float()
-    col = (slice(None), None, None)
-    # select_rows: image-centric rows of requests with visual sinks in this layer.
-    img = (probs * img_k).sum(dim=-1)
-    denom = img + var_core.SHARE_EPS * image.sum(dim=-1)[col]
-    share = (probs * vis_k).sum(dim=-1) / denom
-    has_visual = (sinks & image).any(dim=-1)[col]
-    rows = (img >= summ[col]) & (share <= threshold[col]) & has_visual
-    # redistribute: p of the sink mass onto the non-sink image tokens.
-    targets = (image & ~sinks)[:, None, None, :].float()
-    target_mass = (probs * targets).sum(dim=-1, keepdim=True)
-    p4 = p[:, None, None, None]
-    moved = p4 * (probs * sink_f).sum(dim=-1, keepdim=True)
-    ok = rows.unsqueeze(-1) & (target_mass > 0)
-    safe = torch.where(target_mass > 0, target_mass, torch.ones_like(target_mass))
-    edited = probs * (1.0 - p4 * sink_f) + moved * (probs * targets) / safe
-    return torch.where(ok, edited, probs), ok.squeeze(-1)
+    n, heads, width, length = probs.shape
+    # Key masks, (R, L, 4): image, visual sinks, non-sink image tokens (targets), sinks.
+    masks = torch.stack((image, sinks & image, image & ~sinks, sinks), dim=-1).float()
+    img, vis, tgt, snk = (probs.reshape(n, heads * width, length) @ masks).unbind(-1)
+    share = vis / (img + var_core.SHARE_EPS * image.sum(dim=-1, keepdim=True))
+    has_visual = masks[:, :, 1].amax(dim=1, keepdim=True) > 0
+    has_target = tgt > 0
+    changed = (img >= summ[:, None]) & (share <= threshold[:, None]) & has_visual & has_target
+    # a' = a * (1 - p [sink]) + p * sum_sinks(a) * a [target] / sum_targets(a)
+    coef = p[:, None] * snk / torch.where(has_target, tgt, torch.ones_like(tgt))
+    factor = (1.0 - p[:, None, None] * masks[:, None, :, 3]) + masks[:, None, :, 2] * coef[
+        ..., None
+    ]
+    flat = probs.reshape(n, heads * width, length)
+    edited = torch.where(changed[..., None], flat * factor, flat)
+    return edited.view(n, heads, width, length), changed.view(n, heads, width)
 
 
 # --- per-request state -------------------------------------------------------------------
@@ -134,8 +132,7 @@ class Edits:
     block_ids: torch.Tensor  # (R, blocks) paged-cache block ids
     length: int  # L: longest key range
     tokens: torch.Tensor  # (R, Q) token index of each query (padding: a real index)
-    keep: torch.Tensor  # (R, Q, L) causal key mask
-    valid_keys: torch.Tensor  # (R, 1, L, 1)
+    bias: torch.Tensor  # (R, 1, Q, L) float: 0 for the keys a query sees, -inf elsewhere
     flat_rows: torch.Tensor  # real queries, as indices into the (R * Q) flattening
     flat_tokens: torch.Tensor  # ... and their token indices
     image: torch.Tensor  # (R, L) bool
@@ -242,8 +239,7 @@ def _edits(
             flat_tokens.append(tok)
     key_pos = torch.arange(length)
     keep = key_pos[None, None, :] <= positions[:, :, None]
-    seq = torch.tensor([lengths[index] for index, *_ in edited])
-    valid_keys = (key_pos[None, :] < seq[:, None])[:, None, :, None]
+    bias = torch.zeros(n, 1, width, length).masked_fill_(~keep[:, None], float("-inf"))
     image = torch.zeros(n, length, dtype=torch.bool, device=device)
     sinks = torch.zeros(len(layers), n, length, dtype=torch.bool, device=device)
     slot = {layer: i for i, layer in enumerate(layers)}
@@ -267,8 +263,7 @@ def _edits(
         block_ids=table.index_select(0, index_t).long().clamp_(min=0),
         length=length,
         tokens=tokens.to(device),
-        keep=keep.to(device),
-        valid_keys=valid_keys.to(device),
+        bias=bias.to(device),
         flat_rows=torch.tensor(flat_rows, dtype=torch.long, device=device),
         flat_tokens=torch.tensor(flat_tokens, dtype=torch.long, device=device),
         image=image,
@@ -351,17 +346,17 @@ def attend(
     def gather(cache: torch.Tensor) -> torch.Tensor:  # (R, kv_heads, L, D) float32
         part = cache.index_select(0, ids.flatten())
         part = part.view(n, -1, kv_heads, block, part.shape[-1]).transpose(1, 2)
-        part = part.reshape(n, kv_heads, -1, part.shape[-1])[:, :, : e.length].float()
-        return part
+        return part.reshape(n, kv_heads, -1, part.shape[-1])[:, :, : e.length].float()
 
+    # Slots past a request's length are masked out of the softmax, but they may hold
+    # anything (NaN included) and must not reach the products.
     k = gather(key_cache)
-    v = gather(value_cache).masked_fill(~e.valid_keys, 0.0)  # unused slots may hold NaN
+    v = torch.nan_to_num(gather(value_cache), nan=0.0, posinf=0.0, neginf=0.0)
     # Query head h reads KV head h // group (vLLM's and transformers' GQA layout).
     q = query.index_select(0, e.tokens.flatten()).float().view(n, width, kv_heads, group, dim)
     q = q.permute(0, 2, 3, 1, 4).reshape(n, kv_heads, group * width, dim)
     scores = (q @ k.transpose(-1, -2)) * impl.scale
-    scores = scores.view(n, heads, width, e.length)
-    scores = scores.masked_fill(~e.keep[:, None], float("-inf"))
+    scores = torch.nan_to_num(scores.view(n, heads, width, e.length), nan=0.0) + e.bias
     probs = torch.softmax(scores, dim=-1)
     probs, changed = edit_probs(probs, e.image, e.sinks[slot], e.p, e.threshold, e.summ)
     new = (probs.view(n, kv_heads, group * width, e.length) @ v).view(n, heads, width, dim)
