@@ -8,15 +8,10 @@ cache), because the mask is computed from that pass."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
-from vllm.outputs import RequestOutput
-from vllm.sampling_params import SamplingParams
-
-from decoding.engine.client import RunContext, register_runner
 from decoding.engine.runners import contrast_inputs as ci
-from decoding.engine.runners.pairs import Contrast, run_contrastive
+from decoding.engine.runners.pairs import Contrast, register_contrastive
 
 
 def masked_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contrast:
@@ -35,16 +30,4 @@ def masked_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contra
     return Contrast(tagged, engine=engine, full_prefill=True)
 
 
-@register_runner("avc")
-async def run(
-    ctx: RunContext,
-    prompt: Any,
-    sampling_params: SamplingParams,
-    request_id: str,
-    params: dict[str, Any],
-    **kwargs: Any,
-) -> AsyncGenerator[RequestOutput, None]:
-    async for out in run_contrastive(
-        ctx, prompt, sampling_params, request_id, params, masked_input, **kwargs
-    ):
-        yield out
+register_contrastive("avc", masked_input)

@@ -7,16 +7,12 @@ descending score order (reference contract)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import torch
-from vllm.outputs import RequestOutput
-from vllm.sampling_params import SamplingParams
 
-from decoding.engine.client import RunContext, register_runner
 from decoding.engine.runners import contrast_inputs as ci
-from decoding.engine.runners.pairs import Contrast, run_contrastive
+from decoding.engine.runners.pairs import Contrast, register_contrastive
 
 
 def outlier_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contrast:
@@ -38,16 +34,4 @@ def outlier_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contr
     )
 
 
-@register_runner("damro")
-async def run(
-    ctx: RunContext,
-    prompt: Any,
-    sampling_params: SamplingParams,
-    request_id: str,
-    params: dict[str, Any],
-    **kwargs: Any,
-) -> AsyncGenerator[RequestOutput, None]:
-    async for out in run_contrastive(
-        ctx, prompt, sampling_params, request_id, params, outlier_input, **kwargs
-    ):
-        yield out
+register_contrastive("damro", outlier_input)

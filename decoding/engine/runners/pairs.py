@@ -26,7 +26,7 @@ from typing import Any
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from decoding.engine.client import RunContext
+from decoding.engine.client import RunContext, register_runner
 from decoding.engine.worker.rows import ENGINE_KEY
 
 
@@ -308,3 +308,21 @@ def _output(
         outputs=outputs,
         finished=finished,
     )
+
+
+def register_contrastive(name: str, build: ContrastBuilder) -> None:
+    """Serve strategy ``name`` as request pairs whose contrast input ``build`` makes."""
+
+    @register_runner(name)
+    async def run(
+        ctx: RunContext,
+        prompt: Any,
+        sampling_params: SamplingParams,
+        request_id: str,
+        params: dict[str, Any],
+        **kwargs: Any,
+    ) -> AsyncGenerator[RequestOutput, None]:
+        async for out in run_contrastive(
+            ctx, prompt, sampling_params, request_id, params, build, **kwargs
+        ):
+            yield out

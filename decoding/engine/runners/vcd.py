@@ -4,16 +4,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
-from vllm.outputs import RequestOutput
-from vllm.sampling_params import SamplingParams
-
 from decoding.cores import vcd as vcd_core
-from decoding.engine.client import RunContext, register_runner
 from decoding.engine.runners import contrast_inputs as ci
-from decoding.engine.runners.pairs import Contrast, run_contrastive
+from decoding.engine.runners.pairs import Contrast, register_contrastive
 
 
 def noised_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contrast:
@@ -26,16 +21,4 @@ def noised_input(prompt: dict, params: dict[str, Any], hf_config: Any) -> Contra
     return Contrast(ci.with_items(prompt, items, f"vcd:{step}:{seed}"))
 
 
-@register_runner("vcd")
-async def run(
-    ctx: RunContext,
-    prompt: Any,
-    sampling_params: SamplingParams,
-    request_id: str,
-    params: dict[str, Any],
-    **kwargs: Any,
-) -> AsyncGenerator[RequestOutput, None]:
-    async for out in run_contrastive(
-        ctx, prompt, sampling_params, request_id, params, noised_input, **kwargs
-    ):
-        yield out
+register_contrastive("vcd", noised_input)
