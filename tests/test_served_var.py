@@ -431,3 +431,16 @@ def test_cpu_cache_reads_back_what_the_kernel_wrote(isa: str) -> None:
     for t in range(20):
         b, o = divmod(t + block, block)
         assert torch.equal(k[b, :, o], keys[t]) and torch.equal(v[b, :, o], values[t])
+
+
+def test_gpu_deployments_run_var_eagerly_and_say_so(monkeypatch) -> None:  # noqa: ANN001
+    from decoding.engine import frontend
+
+    monkeypatch.setattr(frontend, "is_cpu", lambda: False)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    args = frontend.make_parser("test").parse_args(["--model", "m"])
+    assert not args.enforce_eager
+    notes = frontend.configure_strategies(args, ["none", "var"])
+    assert args.enforce_eager
+    assert any(n.startswith("enforce_eager=True") and "var" in n for n in notes), notes
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in notes

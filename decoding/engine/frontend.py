@@ -105,7 +105,10 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
         notes.append("VLLM_USE_V2_MODEL_RUNNER=0")
         if not args.enforce_eager:
             args.enforce_eager = True
-            notes.append("enforce_eager=True (attention hooks run in Python every step)")
+            notes.append(
+                "enforce_eager=True (the attention and residual-stream hooks of avc, opera "
+                "and var run in Python every step; CUDA graphs would skip them)"
+            )
     return notes
 
 
