@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from decoding.engine.client import DECODING_KEY
+from decoding.engine.worker.rows import ENGINE_KEY
 from decoding.strategies import Decoding, DecodingParamError, resolve
 from server.metrics import Metrics
 
@@ -79,11 +80,12 @@ def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Dec
         xargs = {}
     if not isinstance(xargs, dict):
         raise RequestRejected(f"'vllm_xargs' must be an object, got {xargs!r}", param="vllm_xargs")
-    if DECODING_KEY in xargs:
-        raise RequestRejected(
-            f"'vllm_xargs.{DECODING_KEY}' is reserved; use 'decoding'",
-            param=f"vllm_xargs.{DECODING_KEY}",
-        )
+    for key in (DECODING_KEY, ENGINE_KEY):
+        if key in xargs:
+            # ENGINE_KEY flags engine-internal requests (look-ahead probes, contrast pairs).
+            raise RequestRejected(
+                f"'vllm_xargs.{key}' is reserved; use 'decoding'", param=f"vllm_xargs.{key}"
+            )
     if decoding.name != "none":  # plain requests reach vLLM exactly as sent
         xargs = {**xargs, DECODING_KEY: json.dumps(decoding.as_dict())}
     if xargs:

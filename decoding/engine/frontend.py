@@ -71,6 +71,9 @@ def apply_platform_defaults(args: argparse.Namespace, argv: list[str]) -> list[s
     return notes
 
 
+#: vLLM's default ``--max-logprobs``; raised when OPERA is enabled (unless set otherwise).
+OPERA_DEFAULT_MAX_LOGPROBS = 20
+
 #: Logits processor that tells engine-side code which request each batch row is.
 ROWS_PROCESSOR = "decoding.engine.worker.rows:StepRows"
 
@@ -97,6 +100,17 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
     if getattr(args, "mm_processor_cache_gb", 0):
         args.mm_processor_cache_gb = 0
         notes.append("mm_processor_cache_gb=0")
+    if "opera" in enabled and args.max_logprobs == OPERA_DEFAULT_MAX_LOGPROBS:
+        # OPERA's look-aheads return their attention over the answer as log-probabilities
+        # (decoding.engine.worker.opera); -1 bounds them by the vocabulary instead of 20.
+        args.max_logprobs = -1
+        notes.append("max_logprobs=-1 (OPERA look-ahead probes)")
+    if "opera" in enabled and is_cpu() and args.block_size is None:
+        # OPERA resubmits prompt + beam every step and the prefix cache only reuses full
+        # blocks: the CPU default of 128 re-runs up to 127 tokens per look-ahead (32 is the
+        # CPU kernels' smallest block; ~3x OPERA and beam-search throughput on the tiny model).
+        args.block_size = 32
+        notes.append("block_size=32 (prefix-cache reuse for OPERA's resubmissions)")
     procs = list(args.logits_processors or [])
     if ROWS_PROCESSOR not in procs:
         args.logits_processors = [*procs, ROWS_PROCESSOR]

@@ -55,16 +55,14 @@ class OPERAStrategy(Strategy):
     without rollback is exactly beam search restricted to each beam's top candidates
     (equal to ``generate(num_beams=k)`` when ``num_candidates >= num_beams + 1``); length
     normalisation by generated length as current ``transformers``; float64 scores; the
-    other rule fixes listed in :mod:`decoding.cores.opera`. Sampling is not supported.
+    other rule fixes listed in :mod:`decoding.cores.opera`. Sampling is not supported;
+    ``n`` up to ``num_beams`` returns the ``n`` best finished hypotheses.
     """
 
     name = "opera"
     Params = OPERAParams
     needs_image = True
-    unsupported_sampling = {
-        "top_p": "OPERA is a beam search and does not sample",
-        "n": "OPERA returns its single best beam",
-    }
+    unsupported_sampling = {"top_p": "OPERA is a beam search and does not sample"}
 
     @classmethod
     def check_request(cls, params: StrategyParams, request: dict[str, Any]) -> None:
@@ -85,8 +83,13 @@ class OPERAStrategy(Strategy):
                 param="top_p",
             )
         n = request.get("n")
-        if n not in (None, 1):
+        if isinstance(n, int) and not isinstance(n, bool) and n > params.num_beams:
             raise DecodingParamError(
-                f"strategy 'opera' does not support n={n!r}: it returns its single best beam",
+                f"strategy 'opera' returns at most num_beams={params.num_beams} answers "
+                f"(the best finished hypotheses), got n={n}",
                 param="n",
             )
+        if isinstance(n, int) and n > 1 and temperature in (0, 0.0):
+            # vLLM refuses n > 1 with greedy sampling before the strategy runs; OPERA never
+            # samples, so the temperature is meaningless and is dropped from the request.
+            del request["temperature"]
