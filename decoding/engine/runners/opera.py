@@ -35,7 +35,7 @@ from decoding.engine.client import RunContext, register_runner
 from decoding.engine.runners.opera_search import Seq, Top, opera_search
 from decoding.engine.worker import opera as probe_codec
 from decoding.engine.worker.rows import ENGINE_KEY
-from decoding.strategies.opera import OPERAParams
+from decoding.strategies import get_strategy
 
 
 def image_spans(ids: list[int], image_token: int) -> list[list[int]]:
@@ -243,7 +243,9 @@ async def run(
     params: dict[str, Any],
     **kwargs: Any,
 ) -> AsyncGenerator[RequestOutput, None]:
-    p = OPERAParams(**params)
+    # Through the registry: importing the strategy module directly would register it
+    # ahead of the others.
+    p = get_strategy("opera").Params(**params)
     sp = sampling_params
     config = ctx.engine.model_config
     hf = config.hf_config
