@@ -81,6 +81,7 @@ CONTRACT = [
     ("vllm.multimodal.inputs", "PlaceholderRange", ["offset", "length"]),
     ("vllm.exceptions", "VLLMValidationError", []),
     ("vllm.logprobs", "Logprob", ["logprob", "rank", "decoded_token"]),
+    ("vllm.logprobs", "FlatLogprobs", []),
     ("vllm.logprobs", "FlatLogprobs", ["start_indices", "end_indices", "token_ids", "logprobs"]),
     ("vllm.v1.engine.async_llm", "AsyncLLM.generate", ["prompt", "sampling_params", "request_id"]),
 ]

@@ -54,9 +54,10 @@ def _load_builtins() -> None:
 
 
 def available() -> list[str]:
-    """Registered strategy names, in registration order."""
+    """Registered strategy names: ``none`` first, then in registration order (which
+    depends on import order, so ``none`` is pinned)."""
     _load_builtins()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=lambda name: name != "none")
 
 
 def get_strategy(name: str) -> type[Strategy]:
