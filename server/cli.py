@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args, enabled, notes = prepare(argv)
     logging.basicConfig(level=logging.INFO)
     if notes:
-        log.info("CPU platform defaults applied: %s", ", ".join(notes))
+        log.info("engine settings applied: %s", ", ".join(notes))
     log.info("strategies enabled: %s", ", ".join(enabled))
     service = Service(args, enabled)
 
