@@ -12,6 +12,7 @@ Other requests in the step recompute identical values. Decode steps are untouche
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from decoding.engine.worker.rows import STEP, Row
 
 #: row -> per-layer image attention, filled during pass one only.
 _CAPTURE: dict[int, dict[int, torch.Tensor]] = {}
+log = logging.getLogger(__name__)
 
 
 def _metadata() -> Any:
@@ -49,7 +51,11 @@ def _pending(meta: Any) -> dict[int, Row]:
             continue
         start, end, seq_len = row_span(meta, index)
         first = seq_len - (end - start)  # position of the step's first token
-        if first <= row.config["avc"]["query"]:
+        query = row.config["avc"]["query"]
+        # The mask is computed in the step that computes the query (the last prompt
+        # token); a prompt the scheduler splits (e.g. an image deferred for encoder-cache
+        # budget) is handled when that step comes.
+        if first <= query < seq_len:
             out[index] = row
     return out
 
@@ -74,7 +80,13 @@ def two_pass(model: Any, run: Any, embeds: torch.Tensor | None) -> Any:
         blind = avc_core.blind_tokens(attn, cfg["gamma"], cfg["lamb"])
         start, end, seq_len = row_span(meta, index)
         first = seq_len - (end - start)
-        positions = _image_positions(row) - first + start
+        image = _image_positions(row)
+        if int(image.min()) < first:
+            # Part of the image was computed in an earlier step (a prefill split inside
+            # the image): its KV is already written unmasked.
+            log.warning("AVC contrast image split across steps: contrast left unmasked")
+            continue
+        positions = image - first + start
         masked = avc_core.mask_image_embeddings(masked, positions, blind, cfg["mask"])
         row.state["avc_blind"] = torch.nonzero(blind).flatten().tolist()
     return run(masked)
