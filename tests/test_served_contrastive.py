@@ -19,21 +19,11 @@ CONTRASTIVE = ("vcd", "damro", "avc")
 MAX_TOKENS = 32
 
 
-def token_ids(choice) -> list[int]:  # noqa: ANN001
-    return [int(t.token.split(":", 1)[1]) for t in choice.logprobs.content]
+token_ids = parity.token_ids
 
 
 def request(served, case: parity.Case, decoding: dict, **kw) -> dict:  # noqa: ANN001
-    body = {
-        "model": served.model,
-        "messages": case.messages(),
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "logprobs": True,
-        "extra_body": {"decoding": decoding, "return_tokens_as_token_ids": True},
-    }
-    body.update(kw)
-    return body
+    return {**parity.chat_request(served.model, case, decoding, MAX_TOKENS), **kw}
 
 
 def check(model_dir, results: list[tuple[parity.Case, str, list[int]]]) -> None:  # noqa: ANN001
@@ -155,12 +145,7 @@ def test_bad_parameters_are_400(served, decoding: dict, param: str) -> None:  # 
     assert r.json()["error"]["param"] == param
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+_metric = parity.metric
 
 
 @pytest.mark.parametrize("strategy", CONTRASTIVE)

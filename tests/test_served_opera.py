@@ -49,15 +49,7 @@ def _answer(choice: Any) -> Answer:
 
 
 def _request(served: Any, case: parity.Case, decoding: dict, **kw: Any) -> dict[str, Any]:
-    return {
-        "model": served.model,
-        "messages": case.messages(),
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0.0,
-        "logprobs": True,
-        "extra_body": {"return_tokens_as_token_ids": True, "decoding": decoding},
-        **kw,
-    }
+    return {**parity.chat_request(served.model, case, decoding, MAX_TOKENS), **kw}
 
 
 def ask(served: Any, case: parity.Case, decoding: dict, **kw: Any) -> Answer:
@@ -100,14 +92,7 @@ def check_parity(cases: list[parity.Case], answers: list[Answer], refs: list[Any
             assert gap < SCORE_TOL, (label, case, gap)
 
 
-def _gauge(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+_gauge = parity.metric
 
 
 def _metrics(served: Any) -> str:

@@ -57,15 +57,7 @@ def _of(ref: Any) -> Answer:
 
 
 def _request(served: Any, case: parity.Case, decoding: dict) -> dict[str, Any]:
-    return {
-        "model": served.model,
-        "messages": case.messages(),
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0.0,
-        "logprobs": True,
-        "top_logprobs": 2,
-        "extra_body": {"return_tokens_as_token_ids": True, "decoding": decoding},
-    }
+    return parity.chat_request(served.model, case, decoding, MAX_TOKENS, top_logprobs=2)
 
 
 def ask(served: Any, case: parity.Case, decoding: dict) -> Answer:

@@ -10,7 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from decoding.testing import synthetic
+from decoding.testing import parity, synthetic
 from tests.conftest import image_data_url, image_message
 
 pytestmark = pytest.mark.server
@@ -214,10 +214,7 @@ def test_image_url_in_data_form_roundtrip() -> None:
     assert Image.open(io.BytesIO(raw)).size == (112, 112)
 
 
-def _gauge(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
+_gauge = parity.metric
 
 
 def test_client_disconnect_releases_the_engine_request(served) -> None:  # noqa: ANN001

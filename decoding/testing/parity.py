@@ -43,6 +43,34 @@ class Case:
         return synthetic.chat_messages(self.image, self.prompt)
 
 
+def chat_request(model: str, case: Case, decoding: dict, max_tokens: int, **kw: Any) -> dict:
+    """Keyword arguments of ``chat.completions.create`` for ``case``: greedy, with per-token
+    log-probabilities whose tokens read ``token_id:N`` (see :func:`token_ids`)."""
+    return {
+        "model": model,
+        "messages": case.messages(),
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "logprobs": True,
+        "extra_body": {"return_tokens_as_token_ids": True, "decoding": decoding},
+        **kw,
+    }
+
+
+def token_ids(choice: Any) -> list[int]:
+    """Token ids of a choice answered to :func:`chat_request`."""
+    return [int(t.token.split(":", 1)[1]) for t in choice.logprobs.content]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the Prometheus samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def cases(n: int = 16, first_seed: int = 300) -> list[Case]:
     """``n`` distinct (image, prompt) pairs."""
     return [Case(first_seed + i, PROMPTS[i % len(PROMPTS)]) for i in range(n)]
