@@ -115,8 +115,8 @@ class Metrics:
         self.extra_tokens = Counter(
             PREFIX + "extra_forward_tokens",
             "Tokens run through the model beyond the "
-            "request's own sequence, by strategy and kind (contrast_branch, candidate, "
-            "rollback).",
+            "request's own sequence, by strategy and kind (contrast_prefill, "
+            "contrast_decode, candidate, rollback).",
             [*base, "kind"],
             **kw,
         )
