@@ -38,9 +38,13 @@ def _metadata() -> Any:
 
 
 def _image_positions(row: Row) -> torch.Tensor:
-    cfg = row.config["avc"]
-    prompt = torch.tensor(row.prompt[: cfg["query"] + 1])
-    return torch.nonzero(prompt == cfg["image_token"]).flatten()
+    """Image-token positions of the prompt (computed once per request: the attention
+    hook asks for them in every layer)."""
+    if "avc_image" not in row.state:
+        cfg = row.config["avc"]
+        prompt = torch.tensor(row.prompt[: cfg["query"] + 1])
+        row.state["avc_image"] = torch.nonzero(prompt == cfg["image_token"]).flatten()
+    return row.state["avc_image"]
 
 
 def _pending(meta: Any) -> dict[int, Row]:
