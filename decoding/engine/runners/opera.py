@@ -33,6 +33,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from decoding.engine.client import RunContext, register_runner
 from decoding.engine.runners.opera_search import Seq, Top, opera_search
+from decoding.engine.runners.pairs import extend
 from decoding.engine.worker import opera as probe_codec
 from decoding.engine.worker.rows import ENGINE_KEY
 from decoding.strategies import get_strategy
@@ -49,14 +50,6 @@ def image_spans(ids: list[int], image_token: int) -> list[list[int]]:
         else:
             spans.append([i, i + 1])
     return spans
-
-
-def extend(prompt: dict, tokens: Seq) -> dict:
-    """The same multimodal input with ``tokens`` appended to its token ids."""
-    out = dict(prompt)
-    out["prompt_token_ids"] = [*prompt["prompt_token_ids"], *tokens]
-    out.pop("prompt", None)
-    return out
 
 
 class EngineOracle:

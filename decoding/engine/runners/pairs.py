@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import json
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from vllm.outputs import CompletionOutput, RequestOutput
@@ -44,8 +44,9 @@ class Contrast:
 ContrastBuilder = Callable[[dict, dict[str, Any], Any], Contrast]
 
 
-def extend(prompt: dict, tokens: list[int]) -> dict:
-    """The same multimodal input with ``tokens`` appended to its prompt."""
+def extend(prompt: dict, tokens: Sequence[int]) -> dict:
+    """The same multimodal input with ``tokens`` appended to its prompt (the prefix cache
+    then reuses the prompt's KV)."""
     if not tokens:
         return prompt
     out = dict(prompt)
@@ -94,7 +95,7 @@ class _Answer:
         sp = self.sp.clone()
         sp.n = 1
         sp.output_kind = RequestOutputKind.DELTA
-        sp.max_tokens = (sp.max_tokens or 0) - len(self.tokens) if sp.max_tokens else None
+        sp.max_tokens = sp.max_tokens - len(self.tokens) if sp.max_tokens else None
         sp.min_tokens = max(0, sp.min_tokens - len(self.tokens))
         # The seed depends on the tokens already decided, not on the attempt: a pair that
         # restarts before its first token (the usual case: the two requests reached the
