@@ -47,4 +47,5 @@ class AVCStrategy(Strategy):
     name = "avc"
     Params = AVCParams
     needs_image = True
+    cost_factor = 2.0
     unsupported_sampling = CONTRASTIVE_UNSUPPORTED

@@ -39,6 +39,15 @@ class Strategy(ABC):
     needs_image: ClassVar[bool] = False
     #: Sampling options the strategy cannot honour, each mapped to why (for the 400 message).
     unsupported_sampling: ClassVar[dict[str, str]] = {}
+    #: Engine work of one request relative to plain decoding of the same answer (forward
+    #: passes per generated token): drain time and admission budgets are sized by it.
+    cost_factor: ClassVar[float] = 1.0
+
+    @classmethod
+    def cost(cls, params: StrategyParams) -> float:
+        """Expected engine work of one request with ``params``, relative to plain decoding
+        (1.0). Strategies whose cost depends on parameters override it."""
+        return cls.cost_factor
 
     @classmethod
     def check_request(cls, params: StrategyParams, request: dict[str, Any]) -> None:

@@ -41,4 +41,5 @@ class DAMROStrategy(Strategy):
     name = "damro"
     Params = DAMROParams
     needs_image = True
+    cost_factor = 2.0
     unsupported_sampling = CONTRASTIVE_UNSUPPORTED

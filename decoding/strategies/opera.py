@@ -64,6 +64,15 @@ class OPERAStrategy(Strategy):
     needs_image = True
     unsupported_sampling = {"top_p": "OPERA is a beam search and does not sample"}
 
+    cost_factor = 30.0
+
+    @classmethod
+    def cost(cls, params: StrategyParams) -> float:
+        # Each step: num_beams x num_candidates one-token look-ahead requests (plus the
+        # beams' own), each a short prefill over the cached prefix.
+        assert isinstance(params, OPERAParams)
+        return float(params.num_beams * (1 + params.num_candidates))
+
     @classmethod
     def check_request(cls, params: StrategyParams, request: dict[str, Any]) -> None:
         from decoding.strategies.errors import DecodingParamError

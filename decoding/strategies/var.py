@@ -51,3 +51,4 @@ class VARStrategy(Strategy):
     name = "var"
     Params = VARParams
     needs_image = True
+    cost_factor = 1.5

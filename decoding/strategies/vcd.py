@@ -44,4 +44,5 @@ class VCDStrategy(Strategy):
     name = "vcd"
     Params = VCDParams
     needs_image = True
+    cost_factor = 2.0
     unsupported_sampling = CONTRASTIVE_UNSUPPORTED
