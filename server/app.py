@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from decoding.strategies import get_strategy
+from server.admission import Admission, Settings
 from server.decoding_api import DecodingMiddleware
 from server.metrics import Metrics
 
 __version__ = "0.1.0"
+log = logging.getLogger("lucid.server")
 
 
 def served_model_name(args: argparse.Namespace) -> str:
@@ -27,6 +30,7 @@ def customize(
     metrics: Metrics | None,
     versions: dict[str, str],
     max_body_bytes: int,
+    admission: Admission | None = None,
 ) -> FastAPI:
     """Add the ``decoding`` middleware and our routes to vLLM's app (in place)."""
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/version"]
@@ -55,9 +59,78 @@ def customize(
     # (with ours outermost) on the first request.
     app.middleware_stack = None
     app.add_middleware(
-        DecodingMiddleware, enabled=enabled, metrics=metrics, max_body_bytes=max_body_bytes
+        DecodingMiddleware,
+        enabled=enabled,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes,
+        admission=admission,
     )
     return app
+
+
+def add_admission_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding admission control")
+    group.add_argument(
+        "--decoding-budget",
+        type=float,
+        default=None,
+        help="Cost units in flight at once (a request costs its strategy's declared cost "
+        "times its answers; plain decoding = 1). Costlier requests wait, then get 429. "
+        "Default: the engine's max_num_seqs; 0 turns admission control off.",
+    )
+    group.add_argument(
+        "--decoding-max-concurrency",
+        default="",
+        help="Per-strategy caps on concurrently running requests, e.g. 'opera=1,vcd=8' "
+        f"(default: {format_caps(DEFAULT_CAPS)}; 'none' = no caps).",
+    )
+    group.add_argument(
+        "--decoding-queue-timeout",
+        type=float,
+        default=30.0,
+        help="Seconds a request may wait for the decoding budget before its 429.",
+    )
+
+
+#: Caps applied unless --decoding-max-concurrency says otherwise.
+DEFAULT_CAPS: dict[str, int] = {}
+
+
+def format_caps(caps: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in caps.items()) or "none"
+
+
+def parse_caps(value: str, enabled: list[str]) -> dict[str, int]:
+    if not value.strip():
+        return dict(DEFAULT_CAPS)
+    if value.strip() == "none":
+        return {}
+    caps = {}
+    for item in value.split(","):
+        name, sep, num = item.strip().partition("=")
+        if not sep or not num.strip().isdigit() or int(num) < 1:
+            raise SystemExit(
+                f"--decoding-max-concurrency: expected STRATEGY=N (N >= 1), got {item!r}"
+            )
+        if name not in enabled:
+            raise SystemExit(
+                f"--decoding-max-concurrency: strategy {name!r} is not enabled "
+                f"(enabled: {', '.join(enabled)})"
+            )
+        caps[name] = int(num)
+    return caps
+
+
+def admission_settings(
+    args: argparse.Namespace, enabled: list[str], max_num_seqs: int
+) -> Settings | None:
+    budget = args.decoding_budget
+    if budget is None:
+        budget = float(max_num_seqs)
+    if budget <= 0:
+        return None
+    caps = parse_caps(args.decoding_max_concurrency, enabled)
+    return Settings(budget=budget, caps=caps, max_wait=args.decoding_queue_timeout)
 
 
 class Service:
@@ -72,11 +145,25 @@ class Service:
         extra = {} if registry is None else {"registry": registry}
         self.metrics = Metrics(served_model_name(args), enabled, self.versions, **extra)
 
-    def install(self, app: FastAPI) -> FastAPI:
+    def install(self, app: FastAPI, client: Any = None) -> FastAPI:
+        admission = None
+        if client is not None and hasattr(self.args, "decoding_budget"):
+            from decoding.engine.limits import max_num_seqs
+
+            settings = admission_settings(self.args, self.enabled, max_num_seqs(client))
+            if settings is not None:
+                admission = Admission(settings, self.metrics.admission_event)
+                log.info(
+                    "decoding admission: budget %g cost units, caps %s, queue timeout %g s",
+                    settings.budget,
+                    format_caps(settings.caps),
+                    settings.max_wait,
+                )
         return customize(
             app,
             enabled=self.enabled,
             metrics=self.metrics,
             versions=self.versions,
             max_body_bytes=self.args.max_request_bytes,
+            admission=admission,
         )

@@ -60,6 +60,7 @@ import httpx
 import openai
 
 from decoding.testing import synthetic
+from server import bench_flood
 from server import bench_report as report
 from server.bench_report import BEAM, BEAM_WIDTH, Sample
 from server.process import start_server, stop_server
@@ -382,11 +383,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--compare-url", help="a running none-only server for the overhead (implies --overhead)"
     )
-    ap.add_argument("--out", type=Path, default=Path("build/bench.json"))
+    ap.add_argument(
+        "--flood",
+        choices=sorted(bench_flood.FLOODS),
+        help="instead: plain p50/p95 alone and under a flood of this costly request",
+    )
+    ap.add_argument("--flood-clients", type=int, default=4, help="flooding clients")
+    ap.add_argument("--flood-max-tokens", type=int, default=16, help="per flood request")
+    ap.add_argument("--out", type=Path, default=None, help="default build/bench.json")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path("build/bench-flood.json" if args.flood else "build/bench.json")
     if args.overhead and args.url and not args.compare_url:
         ap.error("--overhead with --url needs --compare-url (a none-only server beside it)")
     return args
+
+
+def flood_main(args: argparse.Namespace, model: str, extra: list[str], started: str) -> None:
+    with serving(args.url, model, extra) as url:
+        version = server_info(url)[0]
+        result = asyncio.run(
+            bench_flood.run(
+                url,
+                args.flood,
+                clients=args.flood_clients,
+                concurrency=4,
+                requests=max(args.requests, 32),
+                max_tokens=args.max_tokens,
+                flood_max_tokens=args.flood_max_tokens,
+            )
+        )
+    result |= {"server": version, "machine": machine(), "started": started}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(bench_flood.report(result))
+    print(f"wrote {args.out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -400,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
         model = str(ensure_tiny_llava())
 
     extra = shlex.split(args.server_args)
+    if args.flood:
+        flood_main(args, model, extra, started)
+        return
     with serving(args.url, model, extra) as url:
         version, model_id, checkpoint = server_info(url)
         names = report.ordered(

@@ -9,7 +9,7 @@ import sys
 from decoding.engine import frontend
 from decoding.engine.client import served_strategies
 from decoding.strategies import available
-from server.app import Service
+from server.app import Service, add_admission_args
 
 log = logging.getLogger("lucid.server")
 
@@ -52,6 +52,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
         default=32 * 1024 * 1024,
         help="Largest accepted request body (images included); larger bodies get 413.",
     )
+    add_admission_args(parser)
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model is required (a local checkpoint path or a hub id)")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     service = Service(args, enabled)
 
     def hook(app, client, args):  # noqa: ANN001
-        service.install(app)
+        service.install(app, client)
 
     import uvloop
 

@@ -1,12 +1,16 @@
 """The ``decoding`` request field: admission, hand-off to the engine, and the echo.
 
-A pure ASGI middleware in front of vLLM's OpenAI routes. For ``POST
-/v1/chat/completions`` and ``/v1/completions`` it validates the ``decoding`` object
-against the strategy registry (4xx in the OpenAI error shape, ``param`` naming the field),
-moves it into ``vllm_xargs`` (vLLM drops unknown top-level fields silently), and adds the
-applied strategy with all its parameters to the response object (and to every streamed
-chunk). Everything else passes through untouched, so plain requests behave exactly as
-on ``vllm serve``.
+A pure ASGI middleware in front of vLLM's routes. Every POST body is read within the
+size limit (413) and parsed within the depth limit (400). On the generation endpoints
+(:mod:`server.endpoints`: chat and text completions, Responses, Anthropic Messages) it
+validates the ``decoding`` object against the strategy registry (4xx in the OpenAI error
+shape, ``param`` naming the field), charges the request's expected cost against the
+decoding budget (:mod:`server.admission`; 429 with ``Retry-After`` when it cannot be
+admitted in time), moves the object into ``vllm_xargs`` (vLLM drops unknown top-level
+fields silently), and adds the applied strategy to the response object (and to the
+streamed events that carry it) and its cost to ``usage.decoding``. A ``decoding`` object
+sent to any other endpoint is refused with a 400 that names it. Plain requests otherwise
+reach vLLM exactly as on ``vllm serve``.
 """
 
 from __future__ import annotations
@@ -18,24 +22,34 @@ from typing import Any
 from decoding.engine.client import DECODING_KEY
 from decoding.engine.worker.rows import ENGINE_KEY
 from decoding.strategies import Decoding, DecodingParamError, resolve
+from decoding.tally import Tally, open_tally
+from server import bodies
+from server.admission import Admission, Overloaded
+from server.endpoints import ENDPOINTS, Endpoint
 from server.metrics import Metrics
+from server.usage import decoding_usage
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
-IMAGE_PARTS = {"image_url", "image", "image_pil", "image_embeds", "input_image"}
-
 
 def error_body(
-    message: str, status: int, param: str | None = None, err_type: str = "BadRequestError"
+    message: str,
+    status: int,
+    param: str | None = None,
+    err_type: str = "BadRequestError",
+    anthropic: bool = False,
 ) -> bytes:
-    """OpenAI error shape; ``code`` is the HTTP status as vLLM reports it."""
-    return json.dumps(
-        {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-    ).encode()
+    """OpenAI error shape; ``code`` is the HTTP status as vLLM reports it. Anthropic
+    clients also get the top-level ``"type": "error"`` of their format."""
+    body: dict[str, Any] = {
+        "error": {"message": message, "type": err_type, "param": param, "code": status}
+    }
+    if anthropic:
+        body = {"type": "error", **body}
+    return json.dumps(body).encode()
 
 
 class RequestRejected(Exception):
@@ -45,39 +59,18 @@ class RequestRejected(Exception):
         status: int = 400,
         param: str | None = None,
         err_type: str = "BadRequestError",
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
         self.message, self.status, self.param, self.err_type = message, status, param, err_type
+        self.headers = headers or []
 
 
-def has_image(body: dict[str, Any]) -> bool:
-    for msg in body.get("messages") or []:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in content
-        ):
-            return True
-    return False
-
-
-def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Decoding]:
-    """Validate and rewrite one request body; raise :class:`RequestRejected`."""
-    if not isinstance(body, dict):
-        raise RequestRejected(f"request body must be a JSON object, got {type(body).__name__}")
-    try:
-        decoding = resolve(body.pop("decoding", None), enabled=enabled)
-        decoding.strategy.check_request(decoding.params, body)
-    except DecodingParamError as exc:
-        raise RequestRejected(exc.message, param=exc.param) from None
-    if decoding.strategy.needs_image and (kind != "chat" or not has_image(body)):
-        raise RequestRejected(
-            f"strategy {decoding.name!r} needs an image, but the request has none "
-            f"(send a chat request with an image_url part)",
-            param="decoding.strategy",
-        )
+def check_reserved(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``vllm_xargs`` of ``body`` (None when absent); refuses our reserved keys."""
     xargs = body.get("vllm_xargs")
     if xargs is None:
-        xargs = {}
+        return None
     if not isinstance(xargs, dict):
         raise RequestRejected(f"'vllm_xargs' must be an object, got {xargs!r}", param="vllm_xargs")
     for key in (DECODING_KEY, ENGINE_KEY):
@@ -86,6 +79,25 @@ def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Dec
             raise RequestRejected(
                 f"'vllm_xargs.{key}' is reserved; use 'decoding'", param=f"vllm_xargs.{key}"
             )
+    return xargs
+
+
+def admit(body: Any, endpoint: Endpoint, enabled: list[str]) -> tuple[dict[str, Any], Decoding]:
+    """Validate and rewrite one request body; raise :class:`RequestRejected`."""
+    if not isinstance(body, dict):
+        raise RequestRejected(f"request body must be a JSON object, got {type(body).__name__}")
+    try:
+        decoding = resolve(body.pop("decoding", None), enabled=enabled)
+        decoding.strategy.check_request(decoding.params, body)
+    except DecodingParamError as exc:
+        raise RequestRejected(exc.message, param=exc.param) from None
+    if decoding.strategy.needs_image and not endpoint.has_image(body):
+        raise RequestRejected(
+            f"strategy {decoding.name!r} needs an image, but the {endpoint.path} request has "
+            f"none ({endpoint.image_hint})",
+            param="decoding.strategy",
+        )
+    xargs = check_reserved(body) or {}
     if decoding.name != "none":  # plain requests reach vLLM exactly as sent
         xargs = {**xargs, DECODING_KEY: json.dumps(decoding.as_dict())}
     if xargs:
@@ -93,40 +105,97 @@ def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Dec
     return body, decoding
 
 
+def refuse_elsewhere(body: Any, path: str) -> None:
+    """Bodies for endpoints without strategies: ``decoding`` is refused, never dropped."""
+    if not isinstance(body, dict):
+        return
+    if "decoding" in body:
+        supported = ", ".join(ENDPOINTS)
+        raise RequestRejected(
+            f"'decoding' is not supported on {path}; send it to one of {supported}",
+            param="decoding",
+        )
+    check_reserved(body)
+
+
+def _strategy_label(body: Any) -> str | None:
+    if not isinstance(body, dict) or body.get("decoding") is None:
+        return "none"
+    d = body["decoding"]
+    return d.get("strategy", "none") if isinstance(d, dict) else None
+
+
 class DecodingMiddleware:
     def __init__(
-        self, app: Any, *, enabled: list[str], metrics: Metrics | None, max_body_bytes: int
+        self,
+        app: Any,
+        *,
+        enabled: list[str],
+        metrics: Metrics | None,
+        max_body_bytes: int,
+        admission: Admission | None = None,
     ) -> None:
         self.app = app
         self.enabled = enabled
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if kind is None or scope.get("method") != "POST":
+        if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        endpoint = ENDPOINTS.get(path)
         strategy: str | None = None
+        anthropic = path.startswith("/v1/messages")
         try:
             raw = await self._read_body(receive)
-            try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RequestRejected(f"request body is not valid JSON: {exc}") from None
-            if isinstance(body, dict) and isinstance(body.get("decoding"), dict):
-                strategy = body["decoding"].get("strategy", "none")
-            elif isinstance(body, dict) and body.get("decoding") is None:
-                strategy = "none"
-            body, decoding = admit(body, kind, self.enabled)
+            if endpoint is None:
+                if _is_json(scope, raw):
+                    refuse_elsewhere(self._parse(raw), path)
+                await self._forward(scope, receive, self.app, send, raw)
+                return
+            body = self._parse(raw)
+            strategy = _strategy_label(body)
+            body, decoding = admit(body, endpoint, self.enabled)
+            cost = decoding.strategy.cost(decoding.params) * endpoint.answers(body)
+            ticket = await self._acquire(decoding.name, cost)
         except RequestRejected as exc:
             if self.metrics is not None:
                 self.metrics.http_error(strategy, exc.status, exc.err_type)
-            await _respond(
-                send, exc.status, error_body(exc.message, exc.status, exc.param, exc.err_type)
-            )
+            body_bytes = error_body(exc.message, exc.status, exc.param, exc.err_type, anthropic)
+            await _respond(send, exc.status, body_bytes, exc.headers)
             return
-        await self._forward(scope, receive, send, json.dumps(body).encode(), decoding)
+        tally = open_tally()
+        rewriter = _ResponseRewriter(
+            send, endpoint, decoding, cost, tally, self.metrics, anthropic=anthropic
+        )
+        try:
+            await self._forward(scope, receive, self.app, rewriter, json.dumps(body).encode())
+        finally:
+            if ticket is not None and self.admission is not None:
+                self.admission.release(ticket)
+
+    def _parse(self, raw: bytes) -> Any:
+        try:
+            return bodies.parse(raw)
+        except bodies.BodyError as exc:
+            raise RequestRejected(exc.message, exc.status, err_type=exc.err_type) from None
+
+    async def _acquire(self, strategy: str, cost: float):  # noqa: ANN202
+        if self.admission is None:
+            return None
+        try:
+            return await self.admission.acquire(strategy, cost)
+        except Overloaded as exc:
+            raise RequestRejected(
+                exc.message,
+                status=429,
+                param="decoding",
+                err_type="RateLimitError",
+                headers=[(b"retry-after", str(exc.retry_after).encode())],
+            ) from None
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks, size = [], 0
@@ -137,18 +206,14 @@ class DecodingMiddleware:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise RequestRejected(
-                    f"request body exceeds {self.max_body_bytes} bytes",
-                    status=413,
-                    err_type="RequestEntityTooLarge",
-                )
+                exc = bodies.too_large(self.max_body_bytes)
+                raise RequestRejected(exc.message, exc.status, err_type=exc.err_type)
             chunks.append(chunk)
             if not msg.get("more_body"):
                 return b"".join(chunks)
 
-    async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, body: bytes, decoding: Decoding
-    ) -> None:
+    @staticmethod
+    async def _forward(scope: Scope, receive: Receive, app: Any, send: Send, body: bytes) -> None:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         scope = {**scope, "headers": headers}
@@ -161,11 +226,17 @@ class DecodingMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # later calls see the real disconnect
 
-        echo = decoding.as_dict()
-        await self.app(scope, replay, _ResponseRewriter(send, echo, self.metrics, decoding.name))
+        await app(scope, replay, send)
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
+def _is_json(scope: Scope, raw: bytes) -> bool:
+    ctype = dict(scope.get("headers", [])).get(b"content-type", b"")
+    return bool(raw) and (ctype.startswith(b"application/json") or not ctype)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -173,6 +244,7 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(extra or []),
             ],
         }
     )
@@ -180,15 +252,31 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
 
 
 class _ResponseRewriter:
-    """Adds ``decoding`` to JSON bodies and to each SSE chunk; counts error responses."""
+    """Adds ``decoding`` and ``usage.decoding`` to JSON bodies and to the streamed events
+    that carry the response object or usage; counts error responses."""
 
     def __init__(
-        self, send: Send, echo: dict[str, Any], metrics: Metrics | None, strategy: str
+        self,
+        send: Send,
+        endpoint: Endpoint,
+        decoding: Decoding,
+        cost: float,
+        tally: Tally,
+        metrics: Metrics | None,
+        anthropic: bool = False,
     ) -> None:
-        self.send, self.echo, self.metrics, self.strategy = send, echo, metrics, strategy
+        self.send, self.endpoint, self.metrics = send, endpoint, metrics
+        self.echo, self.strategy = decoding.as_dict(), decoding.name
+        self.cost, self.tally = cost, tally
         self.start: Message | None = None
         self.stream = False
         self.buffer = b""
+
+    def _decorate(self, obj: dict[str, Any]) -> None:
+        obj["decoding"] = self.echo
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            usage["decoding"] = decoding_usage(self.strategy, self.cost, self.tally, usage)
 
     async def __call__(self, msg: Message) -> None:
         if msg["type"] == "http.response.start":
@@ -217,7 +305,7 @@ class _ResponseRewriter:
             try:
                 obj = json.loads(body)
                 if isinstance(obj, dict):
-                    obj["decoding"] = self.echo
+                    self._decorate(obj)
                     body = json.dumps(obj).encode()
             except json.JSONDecodeError:
                 pass
@@ -241,23 +329,35 @@ class _ResponseRewriter:
             await self.send({"type": "http.response.body", "body": out, "more_body": more})
 
     def _rewrite_event(self, event: bytes) -> bytes:
-        if not event.startswith(b"data: ") or event.startswith(b"data: [DONE]"):
+        # An SSE event: optional "event: NAME" line, then "data: JSON".
+        name, sep, data = b"", b"", event
+        if event.startswith(b"event: "):
+            name, sep, data = event.partition(b"\n")
+            if not sep:
+                return event
+        if not data.startswith(b"data: ") or data.startswith(b"data: [DONE]"):
             return event
         try:
-            obj = json.loads(event[6:])
+            obj = json.loads(data[6:])
         except json.JSONDecodeError:
             return event
         if not isinstance(obj, dict):
             return event
-        if "error" in obj:
+        if "error" in obj and (obj.get("type") in (None, "error")):
             if self.metrics is not None:
                 err = obj["error"] if isinstance(obj["error"], dict) else {}
+                code = err.get("code")
                 self.metrics.http_error(
-                    self.strategy, int(err.get("code") or 500), str(err.get("type") or "error")
+                    self.strategy,
+                    code if isinstance(code, int) else 500,
+                    str(err.get("type") or "error"),
                 )
             return event
-        obj["decoding"] = self.echo
-        return b"data: " + json.dumps(obj).encode()
+        target = self.endpoint.stream_object(name[7:].decode(errors="replace"), obj)
+        if target is None:
+            return event
+        self._decorate(target)
+        return name + sep + b"data: " + json.dumps(obj).encode()
 
 
 def _error_type(body: bytes) -> str:

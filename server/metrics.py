@@ -129,6 +129,30 @@ class Metrics:
             base,
             **kw,
         )
+        self.admission_queued = Counter(
+            PREFIX + "admission_queued",
+            "Requests that waited for the decoding budget, by strategy.",
+            base,
+            **kw,
+        )
+        self.admission_rejected = Counter(
+            PREFIX + "admission_rejected",
+            "Requests refused with 429 after waiting for the decoding budget, by strategy.",
+            base,
+            **kw,
+        )
+        self.admission_waiting = Gauge(
+            PREFIX + "admission_waiting",
+            "Requests waiting for the decoding budget now, by strategy.",
+            base,
+            **kw,
+        )
+        self.admission_running = Gauge(
+            PREFIX + "admission_running",
+            "Admitted generation requests in flight, by strategy.",
+            base,
+            **kw,
+        )
         self.build_info = Gauge(
             PREFIX + "build_info",
             "Build information (value 1).",
@@ -169,6 +193,23 @@ class Metrics:
     def event(self, strategy: str, name: str, count: int = 1) -> None:
         series = {"rollback": self.rollbacks, "uncoupled_step": self.uncoupled}[name]
         series.labels(self.model_name, self.label(strategy)).inc(count)
+
+    # Admission control ---------------------------------------------------------------
+    def admission_event(self, kind: str, strategy: str) -> None:
+        """``server.admission.Admission`` events (see ``Admission.on_event``)."""
+        s = self.label(strategy)
+        if kind == "queued":
+            self.admission_queued.labels(self.model_name, s).inc()
+            self.admission_waiting.labels(self.model_name, s).inc()
+        elif kind == "dequeued":
+            self.admission_waiting.labels(self.model_name, s).dec()
+        elif kind == "rejected":
+            self.admission_rejected.labels(self.model_name, s).inc()
+            self.admission_waiting.labels(self.model_name, s).dec()
+        elif kind == "admitted":
+            self.admission_running.labels(self.model_name, s).inc()
+        elif kind == "released":
+            self.admission_running.labels(self.model_name, s).dec()
 
     # HTTP layer -----------------------------------------------------------------------
     def http_error(self, strategy: str | None, status: int, error_type: str) -> None:

@@ -151,3 +151,26 @@ def test_only_the_engine_package_imports_vllm() -> None:
         if pattern.search(path.read_text(errors="replace")):
             offenders.append(str(rel))
     assert offenders == []
+
+
+def test_every_generation_endpoint_carries_vllm_xargs_and_the_budget_source() -> None:
+    """``decoding`` rides in ``vllm_xargs`` on Responses and Anthropic Messages too
+    (server.endpoints), and admission control reads the resolved ``max_num_seqs``
+    (decoding.engine.limits)."""
+    import dataclasses
+
+    from vllm.config import SchedulerConfig
+    from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
+    from vllm.entrypoints.anthropic.serving import AnthropicServingMessages
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+    assert "vllm_xargs" in ResponsesRequest.model_fields
+    assert "vllm_xargs" in AnthropicMessagesRequest.model_fields
+    req = ResponsesRequest(model="m", input="hi", vllm_xargs={"k": "v"})
+    assert req.to_sampling_params(8, {}).extra_args == {"k": "v"}
+    msg = AnthropicMessagesRequest(
+        model="m", max_tokens=4, messages=[{"role": "user", "content": "hi"}], vllm_xargs={"k": "v"}
+    )
+    chat = AnthropicServingMessages._build_base_request(msg, [])
+    assert chat.vllm_xargs == {"k": "v"}
+    assert "max_num_seqs" in {f.name for f in dataclasses.fields(SchedulerConfig)}

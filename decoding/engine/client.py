@@ -18,6 +18,8 @@ from typing import Any, Protocol
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
+from decoding.tally import current_tally
+
 #: Key in ``vllm_xargs`` / ``SamplingParams.extra_args`` carrying the validated
 #: ``decoding`` object as JSON (vLLM's extra args are flat, so a nested dict cannot ride).
 DECODING_KEY = "lucid_decoding"
@@ -77,12 +79,18 @@ class RunContext:
         self.engine = engine
         self.observer = observer
         self.strategy = strategy
+        #: The HTTP request's own tally (``usage.decoding``); None outside a request.
+        self.tally = current_tally()
 
     def extra_tokens(self, kind: str, tokens: int) -> None:
+        if self.tally is not None and tokens:
+            self.tally.add_tokens(kind, tokens)
         if self.observer is not None and tokens:
             self.observer.extra_forward_tokens(self.strategy, kind, tokens)
 
     def event(self, name: str, count: int = 1) -> None:
+        if self.tally is not None and count:
+            self.tally.add_event(name, count)
         if self.observer is not None and count:
             self.observer.event(self.strategy, name, count)
 
