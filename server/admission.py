@@ -53,6 +53,8 @@ class Settings:
     caps: dict[str, int] = field(default_factory=dict)
     #: Longest wait of a costly request before its 429 (``--decoding-queue-timeout``).
     max_wait: float = 30.0
+    #: Engine requests in flight for fan-out strategies (``decoding.engine.pacing``).
+    fanout: int | None = None
 
 
 class Admission:

@@ -85,6 +85,14 @@ def add_admission_args(parser: argparse.ArgumentParser) -> None:
         f"(default: {format_caps(DEFAULT_CAPS)}; 'none' = no caps).",
     )
     group.add_argument(
+        "--decoding-fanout-limit",
+        type=int,
+        default=None,
+        help="Engine requests in flight at once for strategies that fan out into many "
+        "(OPERA's look-aheads), shared by all their requests. Default: max_num_seqs / 32 "
+        "(at least 4); 0 = unbounded.",
+    )
+    group.add_argument(
         "--decoding-queue-timeout",
         type=float,
         default=30.0,
@@ -130,7 +138,15 @@ def admission_settings(
     if budget <= 0:
         return None
     caps = parse_caps(args.decoding_max_concurrency, enabled)
-    return Settings(budget=budget, caps=caps, max_wait=args.decoding_queue_timeout)
+    fanout = args.decoding_fanout_limit
+    if fanout is None:
+        fanout = max(4, max_num_seqs // 32)
+    return Settings(
+        budget=budget,
+        caps=caps,
+        max_wait=args.decoding_queue_timeout,
+        fanout=fanout or None,
+    )
 
 
 class Service:
@@ -152,12 +168,17 @@ class Service:
 
             settings = admission_settings(self.args, self.enabled, max_num_seqs(client))
             if settings is not None:
+                from decoding.engine import pacing
+
+                pacing.set_limit(settings.fanout)
                 admission = Admission(settings, self.metrics.admission_event)
                 log.info(
-                    "decoding admission: budget %g cost units, caps %s, queue timeout %g s",
+                    "decoding admission: budget %g cost units, caps %s, queue timeout %g s, "
+                    "fan-out limit %s",
                     settings.budget,
                     format_caps(settings.caps),
                     settings.max_wait,
+                    settings.fanout,
                 )
         return customize(
             app,

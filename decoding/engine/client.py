@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
+from decoding.engine.pacing import engine_for
 from decoding.tally import current_tally
 
 #: Key in ``vllm_xargs`` / ``SamplingParams.extra_args`` carrying the validated
@@ -135,7 +136,7 @@ class StrategyEngineClient:
         runner = _RUNNERS.get(name)
         if runner is None:
             raise ValueError(f"strategy {name!r} has no served implementation")
-        ctx = RunContext(self._engine, self._observer, name)
+        ctx = RunContext(engine_for(name, self._engine), self._observer, name)
         gen = runner(ctx, prompt, sampling_params, request_id, params, **kwargs)
         async for out in self._observe(name, gen):
             yield out

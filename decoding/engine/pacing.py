@@ -1,0 +1,64 @@
+"""Pacing of fan-out strategies: a bound on their engine requests in flight.
+
+OPERA's runner turns one HTTP request into ``num_beams * num_candidates`` one-token
+look-ahead requests per step (512 at the parameter maxima). Submitted all at once they
+fill every engine step, and plain requests that share those steps slow down by an order
+of magnitude however few OPERA requests the admission budget lets in. Runners of
+strategies in :data:`PACED` therefore get an engine whose ``generate`` first takes one
+of :func:`set_limit` slots shared by all such requests of the process and holds it until
+that engine request ends; the look-aheads of a step then run a few at a time, and the
+engine keeps room for everyone else. Contrastive pairs are not paced: their two requests
+must be scheduled together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+#: Strategies whose runner fans out into independent engine requests.
+PACED = frozenset({"opera"})
+
+_limit: int | None = None
+_slots: asyncio.Semaphore | None = None
+
+
+def set_limit(limit: int | None) -> None:
+    """Engine requests of paced strategies in flight at once (None: unbounded)."""
+    global _limit, _slots
+    _limit, _slots = limit, None
+
+
+def limit() -> int | None:
+    return _limit
+
+
+class PacedEngine:
+    """``engine`` with ``generate`` bounded by the shared slots; the rest delegated."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        global _slots
+        if _limit is None:
+            async for out in self._engine.generate(*args, **kwargs):
+                yield out
+            return
+        if _slots is None:  # created lazily: inside the serving event loop
+            _slots = asyncio.Semaphore(_limit)
+        async with _slots:
+            gen = self._engine.generate(*args, **kwargs)
+            try:
+                async for out in gen:
+                    yield out
+            finally:
+                await gen.aclose()
+
+
+def engine_for(strategy: str, engine: Any) -> Any:
+    return PacedEngine(engine) if strategy in PACED and _limit is not None else engine
