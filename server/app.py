@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,7 +14,6 @@ from server.decoding_api import DecodingMiddleware
 from server.metrics import Metrics
 
 __version__ = "0.1.0"
-log = logging.getLogger("lucid.server")
 
 
 def served_model_name(args: argparse.Namespace) -> str:
@@ -37,7 +35,16 @@ def customize(
 
     @app.get("/version")
     async def version() -> dict[str, Any]:
-        return {"version": __version__, **versions, "strategies": enabled}
+        limits = None
+        if admission is not None:
+            st = admission.settings
+            limits = {
+                "budget": st.budget,
+                "max_concurrency": st.caps,
+                "queue_timeout_s": st.max_wait,
+                "fanout_limit": st.fanout,
+            }
+        return {"version": __version__, **versions, "strategies": enabled, "admission": limits}
 
     @app.get("/v1/decoding/strategies")
     async def strategies() -> JSONResponse:
@@ -172,14 +179,6 @@ class Service:
 
                 pacing.set_limit(settings.fanout)
                 admission = Admission(settings, self.metrics.admission_event)
-                log.info(
-                    "decoding admission: budget %g cost units, caps %s, queue timeout %g s, "
-                    "fan-out limit %s",
-                    settings.budget,
-                    format_caps(settings.caps),
-                    settings.max_wait,
-                    settings.fanout,
-                )
         return customize(
             app,
             enabled=self.enabled,

@@ -28,9 +28,11 @@ def test_chart_strategies_are_the_registry() -> None:
 @pytest.mark.parametrize("path", cc.CI_VALUES, ids=lambda p: p.name)
 def test_vllm_parses_the_server_arguments(path: Path) -> None:
     from decoding.engine.frontend import make_parser
+    from server.app import add_admission_args
 
     parser = make_parser("chart arguments")
-    parser.add_argument("--strategies")  # the server's own flag (server/cli.py)
+    parser.add_argument("--strategies")  # the server's own flags (server/cli.py)
+    add_admission_args(parser)
     deployment = cc.one(cc.render(cc.load_values(path)), "Deployment")
     container = next(
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "server"

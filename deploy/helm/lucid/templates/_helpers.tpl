@@ -165,7 +165,12 @@ the rules that span several keys.
 {{- if and (has "opera" .Values.strategies.enabled) (not .Values.engine.prefixCaching) }}
 {{- fail "strategy opera needs prefix caching: set engine.prefixCaching=true or remove opera from strategies.enabled" }}
 {{- end }}
-{{- $managed := list "--model" "--host" "--port" "--strategies" "--served-model-name" "--revision" "--compilation-config" "-cc" "-O" "--enforce-eager" "--no-enforce-eager" "--enable-prefix-caching" "--no-enable-prefix-caching" "--speculative-config" "--shutdown-timeout" "--max-model-len" "--gpu-memory-utilization" "--tensor-parallel-size" "-tp" "--dtype" "--max-num-seqs" "--disable-access-log-for-endpoints" }}
+{{- range $name, $_ := .Values.admission.maxConcurrency }}
+{{- if not (has $name $.Values.strategies.enabled) }}
+{{- fail (printf "admission.maxConcurrency: strategy %q is not in strategies.enabled" $name) }}
+{{- end }}
+{{- end }}
+{{- $managed := list "--model" "--host" "--port" "--strategies" "--served-model-name" "--revision" "--compilation-config" "-cc" "-O" "--enforce-eager" "--no-enforce-eager" "--enable-prefix-caching" "--no-enable-prefix-caching" "--speculative-config" "--shutdown-timeout" "--max-model-len" "--gpu-memory-utilization" "--tensor-parallel-size" "-tp" "--dtype" "--max-num-seqs" "--disable-access-log-for-endpoints" "--decoding-budget" "--decoding-max-concurrency" "--decoding-queue-timeout" "--decoding-fanout-limit" }}
 {{- range .Values.engine.extraArgs }}
 {{- $arg := . }}
 {{- range $managed }}
@@ -195,6 +200,15 @@ the rules that span several keys.
 {{- end }}
 
 {{/* Server arguments (the image's entry point runs `python -m server` with them). */}}
+{{/* admission.maxConcurrency as the server's STRATEGY=N,... list (sorted keys). */}}
+{{- define "lucid.caps" -}}
+{{- $items := list }}
+{{- range $k, $v := . }}
+{{- $items = append $items (printf "%s=%d" $k (int $v)) }}
+{{- end }}
+{{- join "," $items }}
+{{- end }}
+
 {{- define "lucid.args" -}}
 - --model
 - {{ .Values.model.name | quote }}
@@ -245,6 +259,20 @@ the rules that span several keys.
 {{- if .Values.drain.passShutdownTimeout }}
 - --shutdown-timeout
 - {{ include "lucid.drainSeconds" . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.admission.budget) }}
+- --decoding-budget
+- {{ .Values.admission.budget | quote }}
+{{- end }}
+{{- with .Values.admission.maxConcurrency }}
+- --decoding-max-concurrency
+- {{ include "lucid.caps" . | quote }}
+{{- end }}
+- --decoding-queue-timeout
+- {{ .Values.admission.queueTimeoutSeconds | quote }}
+{{- if not (kindIs "invalid" .Values.admission.fanoutLimit) }}
+- --decoding-fanout-limit
+- {{ .Values.admission.fanoutLimit | quote }}
 {{- end }}
 {{- with .Values.engine.quietAccessLogEndpoints }}
 - --disable-access-log-for-endpoints
