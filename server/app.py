@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from decoding.strategies import get_strategy
+from server import playground
 from server.admission import Admission, Settings
 from server.decoding_api import DecodingMiddleware
 from server.metrics import Metrics
@@ -61,6 +62,8 @@ def customize(
                 }
             )
         return JSONResponse({"object": "list", "data": data})
+
+    playground.install(app)
 
     # vLLM's app has already built its middleware stack; drop it so Starlette rebuilds it
     # (with ours outermost) on the first request.
