@@ -15,7 +15,7 @@ TARGET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 EXTRAS ?= $(TARGET),test,eval,deploy
 STAMP := $(VENV)/.installed-$(TARGET)
 
-.PHONY: venv serve test lint bench bench-reference eval-pope eval-chair tiny-llava clean
+.PHONY: venv serve test lint bench bench-flood bench-reference eval-pope eval-chair tiny-llava clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,9 @@ lint: venv
 
 bench: venv
 	$(PY) -m server.bench --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)
+
+bench-flood: venv
+	$(PY) -m server.bench --flood opera-max $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)
 
 bench-reference: venv
 	$(PY) -m decoding.reference.bench --out build/bench-reference.json $(ARGS)

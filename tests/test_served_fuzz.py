@@ -24,7 +24,7 @@ from decoding.testing.synthetic import data_url
 
 pytestmark = pytest.mark.server
 
-EXAMPLES = 30
+EXAMPLES = 60
 IMAGE = data_url(synthetic.sample(7)[0])
 B64 = IMAGE.split(",", 1)[1]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 STATIC = Path(__file__).resolve().parent / "static"
 FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -24,7 +24,7 @@ def install(app: FastAPI) -> None:
         return HTMLResponse(page)
 
     @app.get("/playground/{name}", include_in_schema=False)
-    async def asset(name: str) -> FileResponse | HTMLResponse:
+    async def asset(name: str) -> Response:
         if name not in FILES:
             return HTMLResponse("not found", status_code=404)
         return FileResponse(STATIC / name, media_type=FILES[name])
