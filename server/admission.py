@@ -128,5 +128,9 @@ class Admission:
             self._take(w.ticket)
             w.future.set_result(None)
 
+    def others_running(self, besides: frozenset[str]) -> bool:
+        """Whether a request of a strategy outside ``besides`` is in flight."""
+        return any(n > 0 for s, n in self.running.items() if s not in besides)
+
     def _describe(self) -> str:
         return f"{self.in_use:g} of {self.settings.budget:g} cost units in flight"

@@ -99,8 +99,8 @@ def add_admission_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="Engine requests in flight at once for strategies that fan out into many "
-        "(OPERA's look-aheads), shared by all their requests. Default: max_num_seqs / 32 "
-        "(at least 4); 0 = unbounded.",
+        "(OPERA's look-aheads), shared by all their requests, while requests of other "
+        "strategies run. Default: max_num_seqs / 32 (at least 4); 0 = unbounded.",
     )
     group.add_argument(
         "--decoding-queue-timeout",
@@ -180,8 +180,9 @@ class Service:
             if settings is not None:
                 from decoding.engine import pacing
 
-                pacing.set_limit(settings.fanout)
                 admission = Admission(settings, self.metrics.admission_event)
+                adm = admission
+                pacing.set_limit(settings.fanout, lambda: adm.others_running(pacing.PACED))
         return customize(
             app,
             enabled=self.enabled,

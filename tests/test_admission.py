@@ -92,7 +92,7 @@ def test_parse_caps() -> None:
         parse_caps("opera=0", ["opera"])
 
 
-def test_paced_engine_bounds_requests_in_flight() -> None:
+def test_paced_engine_bounds_requests_in_flight_under_contention() -> None:
     class Engine:
         def __init__(self) -> None:
             self.now = self.peak = 0
@@ -104,8 +104,8 @@ def test_paced_engine_bounds_requests_in_flight() -> None:
             self.now -= 1
             yield i
 
-    async def main(limit: int | None) -> tuple[int, list[int]]:
-        pacing.set_limit(limit)
+    async def main(limit: int | None, busy: bool = True) -> tuple[int, list[int]]:
+        pacing.set_limit(limit, lambda: busy)
         engine = Engine()
         paced = pacing.engine_for("opera", engine)
 
@@ -121,5 +121,7 @@ def test_paced_engine_bounds_requests_in_flight() -> None:
         assert pacing.engine_for("vcd", object()).__class__ is object  # pairs not paced
         peak, _ = run(main(None))
         assert peak == 40
+        peak, outs = run(main(3, busy=False))  # alone on the server: not bounded
+        assert peak == 40 and outs == list(range(40))
     finally:
         pacing.set_limit(None)

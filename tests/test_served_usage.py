@@ -88,7 +88,6 @@ def test_opera_rollbacks_are_reported_per_request(served) -> None:  # noqa: ANN0
         assert delta(counters(served, "opera"), before) == reported(cost)
         rollbacks += cost["events"].get("rollbacks", 0)
         if rollbacks:
-            assert cost["extra_tokens"].get("rollback", 0) > 0 or cost["events"]["rollbacks"] == 0
             break
     assert rollbacks > 0
 

@@ -6,32 +6,66 @@ fill every engine step, and plain requests that share those steps slow down by a
 of magnitude however few OPERA requests the admission budget lets in. Runners of
 strategies in :data:`PACED` therefore get an engine whose ``generate`` first takes one
 of :func:`set_limit` slots shared by all such requests of the process and holds it until
-that engine request ends; the look-aheads of a step then run a few at a time, and the
-engine keeps room for everyone else. Contrastive pairs are not paced: their two requests
-must be scheduled together.
+that engine request ends; while other requests are running, the look-aheads of a step
+then run a few at a time and the engine keeps room for everyone else. Alone on the
+server, OPERA keeps the whole engine. Contrastive pairs are not paced: their two
+requests must be scheduled together.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 #: Strategies whose runner fans out into independent engine requests.
 PACED = frozenset({"opera"})
 
 _limit: int | None = None
-_slots: asyncio.Semaphore | None = None
 
 
-def set_limit(limit: int | None) -> None:
-    """Engine requests of paced strategies in flight at once (None: unbounded)."""
-    global _limit, _slots
+def _always() -> bool:
+    return True
+
+
+_contended: Callable[[], bool] = _always
+_slots: _Slots | None = None
+
+
+def set_limit(limit: int | None, contended: Callable[[], bool] | None = None) -> None:
+    """Engine requests of paced strategies in flight at once (None: unbounded), applied
+    while ``contended()`` says other requests are running (default: always)."""
+    global _limit, _contended, _slots
     _limit, _slots = limit, None
+    _contended = contended or _always
 
 
 def limit() -> int | None:
     return _limit
+
+
+class _Slots:
+    """A semaphore whose bound holds only under contention (work-conserving: alone, a
+    paced request may use the whole engine)."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound, self.in_flight = bound, 0
+        self.cond = asyncio.Condition()
+
+    def _free(self) -> bool:
+        return self.in_flight < self.bound or not _contended()
+
+    async def __aenter__(self) -> None:
+        async with self.cond:
+            await self.cond.wait_for(self._free)
+            self.in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self.cond:
+            self.in_flight -= 1
+            # Wake one waiter per freed slot; two when uncontended, so that the number in
+            # flight grows back once the other requests are gone.
+            self.cond.notify(1 if _contended() else 2)
 
 
 class PacedEngine:
@@ -50,7 +84,7 @@ class PacedEngine:
                 yield out
             return
         if _slots is None:  # created lazily: inside the serving event loop
-            _slots = asyncio.Semaphore(_limit)
+            _slots = _Slots(_limit)
         async with _slots:
             gen = self._engine.generate(*args, **kwargs)
             try:
