@@ -182,7 +182,11 @@ class Service:
 
                 admission = Admission(settings, self.metrics.admission_event)
                 adm = admission
-                pacing.set_limit(settings.fanout, lambda: adm.others_running(pacing.PACED))
+                pacing.set_limit(
+                    settings.fanout,
+                    lambda: adm.others_running(pacing.PACED),
+                    idle_limit=max_num_seqs(client),
+                )
         return customize(
             app,
             enabled=self.enabled,

@@ -104,8 +104,10 @@ def test_paced_engine_bounds_requests_in_flight_under_contention() -> None:
             self.now -= 1
             yield i
 
-    async def main(limit: int | None, busy: bool = True) -> tuple[int, list[int]]:
-        pacing.set_limit(limit, lambda: busy)
+    async def main(
+        limit: int | None, busy: bool = True, idle: int | None = None
+    ) -> tuple[int, list[int]]:
+        pacing.set_limit(limit, lambda: busy, idle)
         engine = Engine()
         paced = pacing.engine_for("opera", engine)
 
@@ -123,5 +125,7 @@ def test_paced_engine_bounds_requests_in_flight_under_contention() -> None:
         assert peak == 40
         peak, outs = run(main(3, busy=False))  # alone on the server: not bounded
         assert peak == 40 and outs == list(range(40))
+        peak, _ = run(main(3, busy=False, idle=10))
+        assert peak == 10
     finally:
         pacing.set_limit(None)

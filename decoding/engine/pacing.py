@@ -22,6 +22,7 @@ from typing import Any
 PACED = frozenset({"opera"})
 
 _limit: int | None = None
+_idle_limit: int | None = None
 
 
 def _always() -> bool:
@@ -32,11 +33,18 @@ _contended: Callable[[], bool] = _always
 _slots: _Slots | None = None
 
 
-def set_limit(limit: int | None, contended: Callable[[], bool] | None = None) -> None:
-    """Engine requests of paced strategies in flight at once (None: unbounded), applied
-    while ``contended()`` says other requests are running (default: always)."""
-    global _limit, _contended, _slots
-    _limit, _slots = limit, None
+def set_limit(
+    limit: int | None,
+    contended: Callable[[], bool] | None = None,
+    idle_limit: int | None = None,
+) -> None:
+    """Engine requests of paced strategies in flight at once (None: unbounded) while
+    ``contended()`` says other requests are running (default: always), and
+    ``idle_limit`` (None: unbounded) otherwise. An idle limit of the engine's
+    ``max_num_seqs`` costs nothing (the engine runs no more at once) and bounds what
+    must drain from the engine's queue when a plain request arrives."""
+    global _limit, _idle_limit, _contended, _slots
+    _limit, _idle_limit, _slots = limit, idle_limit, None
     _contended = contended or _always
 
 
@@ -53,7 +61,9 @@ class _Slots:
         self.cond = asyncio.Condition()
 
     def _free(self) -> bool:
-        return self.in_flight < self.bound or not _contended()
+        if _contended():
+            return self.in_flight < self.bound
+        return _idle_limit is None or self.in_flight < _idle_limit
 
     async def __aenter__(self) -> None:
         async with self.cond:
