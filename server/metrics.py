@@ -129,29 +129,20 @@ class Metrics:
             base,
             **kw,
         )
-        self.admission_queued = Counter(
-            PREFIX + "admission_queued",
-            "Requests that waited for the decoding budget, by strategy.",
-            base,
-            **kw,
+        # Admission control (server.admission), by strategy.
+        self.admission_queued, self.admission_rejected = (
+            Counter(PREFIX + name, doc, base, **kw)
+            for name, doc in (
+                ("admission_queued", "Requests that waited for the decoding budget."),
+                ("admission_rejected", "Requests refused with 429 after waiting for it."),
+            )
         )
-        self.admission_rejected = Counter(
-            PREFIX + "admission_rejected",
-            "Requests refused with 429 after waiting for the decoding budget, by strategy.",
-            base,
-            **kw,
-        )
-        self.admission_waiting = Gauge(
-            PREFIX + "admission_waiting",
-            "Requests waiting for the decoding budget now, by strategy.",
-            base,
-            **kw,
-        )
-        self.admission_running = Gauge(
-            PREFIX + "admission_running",
-            "Admitted generation requests in flight, by strategy.",
-            base,
-            **kw,
+        self.admission_waiting, self.admission_running = (
+            Gauge(PREFIX + name, doc, base, **kw)
+            for name, doc in (
+                ("admission_waiting", "Requests waiting for the decoding budget now."),
+                ("admission_running", "Admitted generation requests in flight."),
+            )
         )
         self.build_info = Gauge(
             PREFIX + "build_info",
