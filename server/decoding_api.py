@@ -82,8 +82,13 @@ def check_reserved(body: dict[str, Any]) -> dict[str, Any] | None:
     return xargs
 
 
-def admit(body: Any, endpoint: Endpoint, enabled: list[str]) -> tuple[dict[str, Any], Decoding]:
-    """Validate and rewrite one request body; raise :class:`RequestRejected`."""
+def admit(
+    body: Any, endpoint: Endpoint | str, enabled: list[str]
+) -> tuple[dict[str, Any], Decoding]:
+    """Validate and rewrite one request body for ``endpoint`` (or its name, e.g.
+    ``"chat"``); raise :class:`RequestRejected`."""
+    if isinstance(endpoint, str):
+        endpoint = next(e for e in ENDPOINTS.values() if e.name == endpoint)
     if not isinstance(body, dict):
         raise RequestRejected(f"request body must be a JSON object, got {type(body).__name__}")
     try:

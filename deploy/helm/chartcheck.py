@@ -47,6 +47,10 @@ LUCID_FAMILIES = {
     "lucid:extra_forward_tokens_total": "counter",
     "lucid:rollbacks_total": "counter",
     "lucid:cd_uncoupled_steps_total": "counter",
+    "lucid:admission_queued_total": "counter",
+    "lucid:admission_rejected_total": "counter",
+    "lucid:admission_waiting": "gauge",
+    "lucid:admission_running": "gauge",
     "lucid:build_info": "gauge",
 }
 # Series that Prometheus itself attaches to every target.
