@@ -44,8 +44,7 @@ def customize(
             data.append(
                 {
                     "strategy": name,
-                    "needs_image": strat.needs_image,
-                    "parameters": strat.Params.model_json_schema(),
+                    **strat.describe(),
                     "description": (strat.__doc__ or "").strip().split("\n\n")[0],
                 }
             )

@@ -254,7 +254,7 @@ def reference(
     from decoding.reference import engine
     from decoding.reference.cli import load
 
-    names = [s for s in names if s in ref_bench.STRATEGIES]
+    names = [s for s in names if s in ref_bench.all_strategies()]
     if not names:
         return []
     if device is None:

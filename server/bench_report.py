@@ -10,32 +10,41 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-#: Presentation and run order; strategies outside it follow in the server's order.
-ORDER = ("none", "vcd", "damro", "avc", "var", "opera")
+from decoding.strategies import available, get_strategy
+
 #: Plain vLLM beam search, the baseline OPERA (a beam-search method) is compared with.
 BEAM = "beam-5"
 BEAM_WIDTH = 5
 #: The concurrency the performance targets are stated at.
 TARGET_CONCURRENCY = 16
-#: (strategy, ratio, minimum) at ``TARGET_CONCURRENCY``; every served strategy other than
-#: ``none`` must also reach ``REFERENCE_FACTOR`` x its batch-1 reference tokens/s.
-TARGETS: tuple[tuple[str, str, float], ...] = (
-    ("vcd", "vs_none", 0.5),
-    ("damro", "vs_none", 0.5),
-    ("avc", "vs_none", 0.5),
-    ("var", "vs_none", 0.8),
-    ("opera", "vs_beam5", 0.3),
-)
+#: Every served strategy other than ``none`` must reach ``REFERENCE_FACTOR`` x its batch-1
+#: reference tokens/s, besides its declared target (``Strategy.bench_target``).
 REFERENCE_FACTOR = 5.0
 RATIO_LABEL = {"vs_none": "x none", "vs_reference": "x reference", "vs_beam5": "x beam-5"}
 
 Sample = tuple[float, float, int]  # (latency s, time to first token s, generated tokens)
 
 
+def order() -> list[str]:
+    """Presentation and run order: the registry's."""
+    return available()
+
+
+def declared_targets() -> list[tuple[str, str, float]]:
+    """(strategy, ratio, minimum) at ``TARGET_CONCURRENCY``, from the declarations."""
+    out = []
+    for name in order():
+        target = get_strategy(name).bench_target
+        if target is not None:
+            ratio = "vs_beam5" if target.against == BEAM else f"vs_{target.against}"
+            out.append((name, ratio, target.ratio))
+    return out
+
+
 def ordered(names: list[str]) -> list[str]:
-    """``names`` in ``ORDER``, unknown ones after in their given order, without repeats."""
-    known = [s for s in ORDER if s in names]
-    return known + [s for s in dict.fromkeys(names) if s not in ORDER]
+    """``names`` in registry order, unknown ones after in their given order, no repeats."""
+    known = [s for s in order() if s in names]
+    return known + [s for s in dict.fromkeys(names) if s not in known]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -99,7 +108,8 @@ def ratios(
     records: list[dict[str, Any]], reference: list[dict[str, Any]] | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
     tps = _tps(records)
-    beam = {"opera": _over(tps["opera"], tps.get(BEAM, {}))} if "opera" in tps else {}
+    against_beam = [s for s, ratio, _ in declared_targets() if ratio == "vs_beam5"]
+    beam = {s: _over(tps[s], tps.get(BEAM, {})) for s in against_beam if s in tps}
     return {
         "vs_none": vs_none(records),
         "vs_reference": vs_reference(records, reference or []),
@@ -120,10 +130,9 @@ def targets(
     N/A means the figure was not measured in this run (strategy not served, no reference,
     no beam-5 row, or no level at ``TARGET_CONCURRENCY``).
     """
-    specs = list(TARGETS) + [
-        (s, "vs_reference", REFERENCE_FACTOR) for s in ordered([*ORDER, *strategies]) if s != "none"
-    ]
-    rank = {s: i for i, s in enumerate(ordered([*ORDER, *strategies]))}
+    everyone = ordered([*order(), *strategies])
+    specs = declared_targets() + [(s, "vs_reference", REFERENCE_FACTOR) for s in everyone[1:]]
+    rank = {s: i for i, s in enumerate(everyone)}
     specs.sort(key=lambda t: rank[t[0]])  # stable: per strategy, in TARGETS order
     out = []
     for strategy, ratio, minimum in specs:

@@ -15,9 +15,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from decoding.engine.client import DECODING_KEY
-from decoding.engine.worker.rows import ENGINE_KEY
 from decoding.strategies import Decoding, DecodingParamError, resolve
+from decoding.wire import DECODING_KEY, RESERVED_KEYS, encode_decoding
 from server.metrics import Metrics
 
 Scope = dict[str, Any]
@@ -67,6 +66,7 @@ def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Dec
     try:
         decoding = resolve(body.pop("decoding", None), enabled=enabled)
         decoding.strategy.check_request(decoding.params, body)
+        body = decoding.strategy.adjust_request(decoding.params, body)
     except DecodingParamError as exc:
         raise RequestRejected(exc.message, param=exc.param) from None
     if decoding.strategy.needs_image and (kind != "chat" or not has_image(body)):
@@ -80,14 +80,15 @@ def admit(body: Any, kind: str, enabled: list[str]) -> tuple[dict[str, Any], Dec
         xargs = {}
     if not isinstance(xargs, dict):
         raise RequestRejected(f"'vllm_xargs' must be an object, got {xargs!r}", param="vllm_xargs")
-    for key in (DECODING_KEY, ENGINE_KEY):
+    for key in RESERVED_KEYS:
         if key in xargs:
-            # ENGINE_KEY flags engine-internal requests (look-ahead probes, contrast pairs).
+            # The engine key flags engine-internal requests (look-ahead probes, pairs).
             raise RequestRejected(
                 f"'vllm_xargs.{key}' is reserved; use 'decoding'", param=f"vllm_xargs.{key}"
             )
     if decoding.name != "none":  # plain requests reach vLLM exactly as sent
-        xargs = {**xargs, DECODING_KEY: json.dumps(decoding.as_dict())}
+        wire = encode_decoding(decoding.name, decoding.params.model_dump())
+        xargs = {**xargs, DECODING_KEY: wire}
     if xargs:
         body["vllm_xargs"] = xargs
     return body, decoding

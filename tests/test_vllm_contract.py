@@ -80,6 +80,8 @@ CONTRACT = [
     ("vllm.multimodal.inputs", "MultiModalKwargsItems", []),
     ("vllm.multimodal.inputs", "PlaceholderRange", ["offset", "length"]),
     ("vllm.exceptions", "VLLMValidationError", []),
+    ("vllm.exceptions", "VLLMServerError", []),
+    ("vllm.config", "CUDAGraphMode", []),
     ("vllm.logprobs", "Logprob", ["logprob", "rank", "decoded_token"]),
     ("vllm.logprobs", "FlatLogprobs", []),
     ("vllm.logprobs", "FlatLogprobs", ["start_indices", "end_indices", "token_ids", "logprobs"]),

@@ -20,8 +20,11 @@ from typing import Any
 import torch
 
 from decoding.cores import damro as damro_core
+from decoding.engine.worker import hooks
+from decoding.wire import EMBED
 
 
+@hooks.register(EMBED, "outliers", order=10)
 def top_patch_features(
     model: Any, topk: Any, embed: Callable[..., Any], kwargs: dict[str, Any]
 ) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ attention backend during the same step. The processor never edits logits.
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,21 +20,28 @@ import torch
 from vllm.sampling_params import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-#: ``SamplingParams.extra_args`` key of the engine-side settings of one request (JSON).
-ENGINE_KEY = "lucid_engine"
+from decoding.wire import ENGINE_KEY, EngineSettings, Need, WireError, decode_engine
+
+log = logging.getLogger("lucid.engine")
 
 
 @dataclass
 class Row:
     """One flagged request in the persistent batch."""
 
-    #: Engine-side settings: ``{"kind": ..., ...}`` (see the worker modules).
-    config: dict[str, Any]
+    #: Engine-side settings (:mod:`decoding.wire`); None when they did not decode.
+    config: Any
     prompt: list[int]
     #: Live reference to the request's output token list (vLLM appends to it).
     output: list[int]
     #: Per-request scratch state owned by the worker modules (sinks, images, ...).
     state: dict[str, Any] = field(default_factory=dict)
+    #: Needs no registered hook covers (set when the row is added): the row is failed.
+    unmet: frozenset[Need] = frozenset()
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy if isinstance(self.config, EngineSettings) else "unknown"
 
 
 class _Step:
@@ -44,19 +51,42 @@ class _Step:
         self.rows: dict[int, Row] = {}
 
     def of_kind(self, kind: str) -> dict[int, Row]:
-        return {i: r for i, r in self.rows.items() if r.config.get("kind") == kind}
+        return {
+            i: r
+            for i, r in self.rows.items()
+            if not r.unmet and r.config is not None and r.config.kind == kind
+        }
+
+    def faulty(self) -> dict[int, Row]:
+        """Rows that must be failed: their settings did not decode, or a hook they need
+        is not registered."""
+        return {i: r for i, r in self.rows.items() if r.unmet}
 
 
 #: The engine process's single view of the batch (one model runner per process).
 STEP = _Step()
 
 
-def engine_config(params: SamplingParams | None) -> dict[str, Any] | None:
+def make_row(params: SamplingParams | None, prompt: Any, output: list[int]) -> Row | None:
+    """The row of a request with engine settings (None for a plain request)."""
+    from decoding.engine.worker import hooks
+
     extra = params.extra_args if params is not None else None
     if not extra or ENGINE_KEY not in extra:
         return None
-    raw = extra[ENGINE_KEY]
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    try:
+        config: Any = decode_engine(extra[ENGINE_KEY])
+        unmet = hooks.missing(config.needs())
+    except WireError as exc:
+        config, unmet = None, frozenset({("settings", str(exc))})
+    row = Row(config, list(prompt or []), output, unmet=unmet)
+    if unmet:
+        log.error(
+            "strategy %s: no engine hook for %s; the request is failed",
+            row.strategy,
+            ", ".join(f"{m}.{p}" for m, p in sorted(unmet)),
+        )
+    return row
 
 
 class StepRows(LogitsProcessor):
@@ -80,11 +110,11 @@ class StepRows(LogitsProcessor):
         for index in batch_update.removed:
             rows.pop(index, None)
         for index, params, prompt, output in batch_update.added:
-            config = engine_config(params)
-            if config is None:
+            row = make_row(params, prompt, output)
+            if row is None:
                 rows.pop(index, None)
             else:
-                rows[index] = Row(config, list(prompt or []), output)
+                rows[index] = row
         for a, b, direction in batch_update.moved:
             ra, rb = rows.pop(a, None), rows.pop(b, None)
             if ra is not None:

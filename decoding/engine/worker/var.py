@@ -46,8 +46,9 @@ from decoding.cores import var as var_core
 from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import layer_index
 from decoding.engine.worker.rows import STEP, Row
+from decoding.wire import ATTENTION, FORWARD, VarSettings
 
-KIND = "var"
+KIND = VarSettings.kind
 log = logging.getLogger(__name__)
 
 
@@ -99,11 +100,11 @@ def _state(row: Row, device: torch.device) -> dict[str, Any]:
     if "sinks" not in st:
         cfg = row.config
         ids = torch.tensor(row.prompt, dtype=torch.long)
-        image = ids == int(cfg["image_token_id"])
+        image = ids == cfg.image_token_id
         positions = torch.nonzero(image).flatten()
         st["image"] = image.to(device)
         st["image_end"] = int(positions[-1]) if positions.numel() else -1
-        st["layers"] = [int(i) for i in cfg["layers"]]
+        st["layers"] = list(cfg.layers)
         st["sinks"] = torch.zeros(len(st["layers"]), len(row.prompt), dtype=torch.bool)
         st["sinks"] = st["sinks"].to(device)
         st["probed"] = 0  # prompt positions whose sinks are known, from 0
@@ -187,7 +188,7 @@ def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | 
         st = _state(row, device)
         first = lengths[index] - (end - start)
         edit = None
-        if float(row.config["p"]) > 0.0 and lengths[index] - 1 > st["image_end"]:
+        if row.config.p > 0.0 and lengths[index] - 1 > st["image_end"]:
             edit = len(edited)
             edited.append((index, row, st, start, first))
         n_prompt = len(row.prompt)
@@ -255,7 +256,7 @@ def _edits(
     index_t = torch.tensor([index for index, *_ in edited], device=table.device)
 
     def params(key: str, fn: Any = float) -> torch.Tensor:
-        vals = [fn(row.config[key]) for _, row, *_ in edited]
+        vals = [fn(getattr(row.config, key)) for _, row, *_ in edited]
         return torch.tensor(vals, dtype=torch.float32, device=device)
 
     return Edits(
@@ -287,7 +288,7 @@ def _probe_hook(layer: int):  # noqa: ANN202
             a, b = probe.tokens
             x = hidden[a:b] if residual is None else hidden[a:b] + residual[a:b]
             cfg, st = probe.row.config, probe.row.state
-            mask = var_core.sink_mask(x, cfg["dims"], float(cfg["tau"]))
+            mask = var_core.sink_mask(x, list(cfg.dims), cfg.tau)
             st["sinks"][st["layers"].index(layer), probe.first : probe.first + (b - a)] = mask
             edits = plan.edits
             if probe.edit is not None and edits is not None and layer in edits.layers:
@@ -298,6 +299,7 @@ def _probe_hook(layer: int):  # noqa: ANN202
     return hook
 
 
+@hooks.register(FORWARD, "var", order=10)
 def forward(model: Any, run: Any, embeds: Any) -> Any:
     """:data:`hooks.FORWARD`: plan the step, probe the residual stream during prefill."""
     global _CURRENT
@@ -324,6 +326,7 @@ def forward(model: Any, run: Any, embeds: Any) -> Any:
             handle.remove()
 
 
+@hooks.register(ATTENTION, "var", order=30)
 def attend(
     impl: Any, layer: Any, query: torch.Tensor, kv_cache: torch.Tensor, meta: Any, out: Any
 ) -> None:
@@ -365,7 +368,3 @@ def attend(
     current = output.index_select(0, e.tokens.flatten()).view(n, width, heads, dim)
     merged = torch.where(changed.permute(0, 2, 1)[..., None], new.to(output.dtype), current)
     output[e.flat_tokens] = merged.reshape(n * width, heads, dim)[e.flat_rows]
-
-
-hooks.FORWARD.append(forward)
-hooks.ATTENTION.append(attend)
