@@ -11,7 +11,6 @@ a tolerance far below VAR's own effect on them, and checks that the effect is th
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +19,10 @@ import pytest
 import torch
 
 from decoding.cores import var as var_core
-from decoding.engine.runners import var as var_runner
-from decoding.engine.worker.rows import ENGINE_KEY
+from decoding.engine.runners import single as single_runner
 from decoding.engine.worker.var import edit_probs
 from decoding.testing import parity
+from decoding.wire import ENGINE_KEY, VarSettings, decode_engine
 
 MAX_TOKENS = 32
 VAR = {"strategy": "var"}
@@ -259,37 +258,39 @@ def test_runner_request_settings(tiny_llava_dir) -> None:  # noqa: ANN001
     from transformers import AutoConfig
     from vllm.sampling_params import SamplingParams
 
-    cfg = AutoConfig.from_pretrained(tiny_llava_dir)
-    model = var_runner.model_settings(cfg)
-    assert model == {"dims": [17, 93], "tau": 6.0, "layers": [1, 2], "image_token_id": 4}
-    params = {"p": 0.4, "rho": 0.5, "tau": None, "summ": 0.2}
-    settings = var_runner.engine_settings(params, model)
-    assert settings["kind"] == "var" and settings["tau"] == 6.0
-    assert var_runner.engine_settings({**params, "tau": 3.0}, model)["tau"] == 3.0
+    from decoding.profiles import profile_for
+    from decoding.strategies import get_strategy
+
+    var = get_strategy("var")
+    profile = profile_for(AutoConfig.from_pretrained(tiny_llava_dir))
+    settings = var.engine_settings(var.Params(), profile, 4)
+    assert settings == VarSettings(
+        strategy="var", p=0.4, rho=0.5, summ=0.2, tau=6.0, dims=(17, 93), layers=(1, 2),
+        image_token_id=4,
+    )  # fmt: skip
+    assert var.engine_settings(var.Params(tau=3.0), profile, 4).tau == 3.0
+    # The last decoder layer is never edited: layers past the model's are dropped.
+    assert var.engine_settings(var.Params(), profile, 2).layers == (1,)
     sp = SamplingParams(max_tokens=4, extra_args={"user_key": 1})
     prompt = {"prompt_token_ids": [1, 2], "cache_salt": "tenant"}
-    new_prompt, new_sp = var_runner.engine_request(prompt, sp, settings)
+    new_prompt, new_sp = single_runner.engine_request(prompt, sp, settings, private_kv=True)
     # Sinks need the whole prompt computed; VAR's KV must never serve other requests.
     assert new_sp.skip_reading_prefix_cache is True
-    assert new_prompt["cache_salt"] == "tenant:lucid-var"
-    assert var_runner.engine_request({"prompt_token_ids": [1]}, sp, settings)[0]["cache_salt"]
+    assert new_prompt["cache_salt"] == f"tenant:{single_runner.SALT}"
+    assert single_runner.engine_request({"prompt_token_ids": [1]}, sp, settings, True)[0][
+        "cache_salt"
+    ]
     assert new_sp.extra_args["user_key"] == 1
-    assert json.loads(new_sp.extra_args[ENGINE_KEY]) == settings
+    assert decode_engine(new_sp.extra_args[ENGINE_KEY]) == settings
     # The caller's objects are not modified.
     assert sp.extra_args == {"user_key": 1} and prompt["cache_salt"] == "tenant"
 
 
-def _var_config(p: float = 0.4, rho: float = 0.5, summ: float = 0.2) -> dict[str, Any]:
-    return {
-        "kind": "var",
-        "p": p,
-        "rho": rho,
-        "summ": summ,
-        "tau": 6.0,
-        "dims": [1, 5],
-        "layers": [1, 2],
-        "image_token_id": 9,
-    }
+def _var_config(p: float = 0.4, rho: float = 0.5, summ: float = 0.2) -> VarSettings:
+    return VarSettings(
+        strategy="var", p=p, rho=rho, summ=summ, tau=6.0, dims=(1, 5), layers=(1, 2),
+        image_token_id=9,
+    )  # fmt: skip
 
 
 def test_worker_step_on_a_paged_cache() -> None:
@@ -385,19 +386,19 @@ def test_worker_step_on_a_paged_cache() -> None:
             pos = seq[r] - (starts[r + 1] - tok)
             for h in range(heads):
                 got, old = out[tok, h], before[tok, h]
-                if cfg["p"] == 0.0 or pos <= image_end:
+                if cfg.p == 0.0 or pos <= image_end:
                     assert torch.equal(got, old)
                     continue
                 k = keys[r][: pos + 1, h // (heads // kv_heads)]
                 v = values[r][: pos + 1, h // (heads // kv_heads)]
                 probs = torch.softmax(query[tok, h] @ k.T * Impl.scale, dim=-1)
                 img, snk = image[: pos + 1], sinks[: pos + 1]
-                sel = var_core.select_rows(probs, img, snk & img, cfg["rho"], cfg["summ"])
+                sel = var_core.select_rows(probs, img, snk & img, cfg.rho, cfg.summ)
                 if not bool(sel) or not bool((probs * (img & ~snk)).sum() > 0):
                     assert torch.equal(got, old)
                     continue
                 edited += 1
-                new = var_core.redistribute(probs, sel, snk, img, cfg["p"]) @ v
+                new = var_core.redistribute(probs, sel, snk, img, cfg.p) @ v
                 torch.testing.assert_close(got, new, rtol=1e-5, atol=1e-5)
     assert edited >= 4
 

@@ -91,8 +91,9 @@ def check_served(enabled: list[str]) -> None:
     registered in the engine's worker modules (else start-up fails, naming both)."""
     from decoding.engine.runner import runners
     from decoding.engine.worker import hooks
-    from decoding.engine.worker import strategies as _worker  # noqa: F401  (registers hooks)
+    from decoding.engine.worker.plugin import load_worker_modules
 
+    load_worker_modules()
     served = runners()
     problems = []
     for name in enabled:

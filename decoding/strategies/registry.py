@@ -46,6 +46,11 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
+def unregister_strategy(name: str) -> None:
+    """Remove a strategy (extensions loaded for one run, tests)."""
+    _REGISTRY.pop(name, None)
+
+
 def declaration_modules() -> list[str]:
     """Every module that declares strategies: built-ins, entry points, environment."""
     package = importlib.import_module("decoding.strategies")

@@ -36,12 +36,21 @@ class Row:
     output: list[int]
     #: Per-request scratch state owned by the worker modules (sinks, images, ...).
     state: dict[str, Any] = field(default_factory=dict)
-    #: Needs no registered hook covers (set when the row is added): the row is failed.
-    unmet: frozenset[Need] = frozenset()
+    #: Why the settings did not decode (the row is failed).
+    error: str | None = None
+    reported: bool = False
 
     @property
     def strategy(self) -> str:
         return self.config.strategy if isinstance(self.config, EngineSettings) else "unknown"
+
+    def unmet(self) -> frozenset[Need]:
+        """Needs of this row that no registered hook covers now."""
+        from decoding.engine.worker import hooks
+
+        if self.config is None:
+            return frozenset({("settings", str(self.error))})
+        return hooks.missing(self.config.needs())
 
 
 class _Step:
@@ -51,16 +60,24 @@ class _Step:
         self.rows: dict[int, Row] = {}
 
     def of_kind(self, kind: str) -> dict[int, Row]:
-        return {
-            i: r
-            for i, r in self.rows.items()
-            if not r.unmet and r.config is not None and r.config.kind == kind
-        }
+        return {i: r for i, r in self.rows.items() if getattr(r.config, "kind", None) == kind}
 
     def faulty(self) -> dict[int, Row]:
         """Rows that must be failed: their settings did not decode, or a hook they need
-        is not registered."""
-        return {i: r for i, r in self.rows.items() if r.unmet}
+        is not registered (checked every step, so a hook lost at run time is caught)."""
+        out = {}
+        for index, row in self.rows.items():
+            unmet = row.unmet()
+            if unmet:
+                out[index] = row
+                if not row.reported:
+                    row.reported = True
+                    log.error(
+                        "strategy %s: no engine hook for %s; the request is failed",
+                        row.strategy,
+                        ", ".join(f"{m}.{p}" for m, p in sorted(unmet)),
+                    )
+        return out
 
 
 #: The engine process's single view of the batch (one model runner per process).
@@ -69,24 +86,13 @@ STEP = _Step()
 
 def make_row(params: SamplingParams | None, prompt: Any, output: list[int]) -> Row | None:
     """The row of a request with engine settings (None for a plain request)."""
-    from decoding.engine.worker import hooks
-
     extra = params.extra_args if params is not None else None
     if not extra or ENGINE_KEY not in extra:
         return None
     try:
-        config: Any = decode_engine(extra[ENGINE_KEY])
-        unmet = hooks.missing(config.needs())
+        return Row(decode_engine(extra[ENGINE_KEY]), list(prompt or []), output)
     except WireError as exc:
-        config, unmet = None, frozenset({("settings", str(exc))})
-    row = Row(config, list(prompt or []), output, unmet=unmet)
-    if unmet:
-        log.error(
-            "strategy %s: no engine hook for %s; the request is failed",
-            row.strategy,
-            ", ".join(f"{m}.{p}" for m, p in sorted(unmet)),
-        )
-    return row
+        return Row(None, list(prompt or []), output, error=str(exc))
 
 
 class StepRows(LogitsProcessor):

@@ -6,7 +6,7 @@ Models", ICLR 2025 (arXiv 2503.03321); official code ``seilk/VisAttnSink`` @ ``9
 to the rows of vLLM's batch that carry ``{"kind": "var", ...}`` engine settings (set by
 :mod:`decoding.engine.runners.var`), exactly as the reference engine's ``VARState``.
 
-Per step (:func:`forward`, a :data:`hooks.FORWARD` hook) a :class:`Plan` maps the VAR
+Per step (:func:`forward`, a ``forward`` hook) a :class:`Plan` maps the VAR
 rows of the batch to their tokens and positions (one read of the attention metadata).
 
 * **Sinks.** For tokens of the prompt computed in this step, forward pre-hooks on the
@@ -15,7 +15,7 @@ rows of the batch to their tokens and positions (one read of the attention metad
   layer 0 receives the embeddings) and store ``phi > tau`` per layer and position in the
   request's row state. Hooks exist only during steps that prefill a VAR request.
 * **Edits.** After the stock attention kernel of each profile layer (:func:`attend`, a
-  :data:`hooks.ATTENTION` hook), the queries after the image (the prompt's text after the
+  ``attention`` hook), the queries after the image (the prompt's text after the
   image at prefill, the new token when decoding) of all VAR rows are recomputed in
   float32 from the paged KV cache, in one padded batch: ``softmax(q k^T * scale)``, the
   image-centric selection and the redistribution (:func:`edit_probs`, the batched form of
@@ -301,7 +301,7 @@ def _probe_hook(layer: int):  # noqa: ANN202
 
 @hooks.register(FORWARD, "var", order=10)
 def forward(model: Any, run: Any, embeds: Any) -> Any:
-    """:data:`hooks.FORWARD`: plan the step, probe the residual stream during prefill."""
+    """``forward``: plan the step, probe the residual stream during prefill."""
     global _CURRENT
     rows = STEP.of_kind(KIND)
     if not rows:
@@ -330,7 +330,7 @@ def forward(model: Any, run: Any, embeds: Any) -> Any:
 def attend(
     impl: Any, layer: Any, query: torch.Tensor, kv_cache: torch.Tensor, meta: Any, out: Any
 ) -> None:
-    """:data:`hooks.ATTENTION`: VAR on the edited queries of this layer, in place."""
+    """``attention``: VAR on the edited queries of this layer, in place."""
     plan = _CURRENT
     if plan is None or plan.edits is None:
         return
