@@ -302,3 +302,22 @@ def test_a_new_declaration_appears_in_every_derived_list() -> None:
         assert strategy_docs.render(readme) != readme  # the committed table lacks it
     finally:
         unregister_strategy("extra")
+
+
+def test_every_reported_event_and_token_kind_has_a_series() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from decoding.observe import Event, ExtraTokens
+    from server.metrics import Metrics
+
+    reg = CollectorRegistry()
+    m = Metrics("m", available(), {}, registry=reg)
+    assert set(m.event_series()) == set(Event)
+    for event in Event:
+        m.event("opera", event)
+    for kind in ExtraTokens:
+        m.extra_forward_tokens("vcd", kind, 3)
+    text = generate_latest(reg).decode()
+    assert 'lucid:rollbacks_total{model_name="m",strategy="opera"} 1.0' in text
+    for kind in ExtraTokens:
+        assert f'kind="{kind}"' in text

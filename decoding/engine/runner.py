@@ -16,25 +16,10 @@ from vllm.exceptions import VLLMServerError
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
+from decoding.observe import Event, ExtraTokens, StrategyObserver
 from decoding.strategies.base import Strategy, StrategyParams
 
-
-class StrategyObserver(Protocol):
-    """Receives per-request facts for metrics; implemented by the server."""
-
-    def request_finished(
-        self,
-        strategy: str,
-        *,
-        ttft: float | None,
-        e2e: float,
-        finish_reason: str,
-        generation_tokens: int,
-    ) -> None: ...
-
-    def extra_forward_tokens(self, strategy: str, kind: str, tokens: int) -> None: ...
-
-    def event(self, strategy: str, name: str, count: int = 1) -> None: ...
+__all__ = ["Event", "ExtraTokens", "RunContext", "Runner", "StrategyFault", "StrategyObserver"]
 
 
 class StrategyFault(VLLMServerError):
@@ -60,11 +45,11 @@ class RunContext:
     def name(self) -> str:
         return self.strategy.name
 
-    def extra_tokens(self, kind: str, tokens: int) -> None:
+    def extra_tokens(self, kind: ExtraTokens, tokens: int) -> None:
         if self.observer is not None and tokens:
             self.observer.extra_forward_tokens(self.name, kind, tokens)
 
-    def event(self, name: str, count: int = 1) -> None:
+    def event(self, name: Event, count: int = 1) -> None:
         if self.observer is not None and count:
             self.observer.event(self.name, name, count)
 

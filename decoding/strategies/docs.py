@@ -61,9 +61,7 @@ def _properties(decl: type[Strategy]) -> dict[str, Any]:
 def summary_table() -> str:
     rows = ["| strategy | what it does | parameters (defaults) |", "|---|---|---|"]
     for d in strategies():
-        params = ", ".join(
-            f"`{k}` {_value(p.get('default'))}" for k, p in _properties(d).items()
-        )
+        params = ", ".join(f"`{k}` {_value(p.get('default'))}" for k, p in _properties(d).items())
         rows.append(f"| `{d.name}` | {d.summary} | {params or 'none'} |")
     return "\n".join(rows) + "\n"
 

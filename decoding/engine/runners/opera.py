@@ -30,7 +30,7 @@ from vllm.logprobs import FlatLogprobs, Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from decoding.engine.runner import RunContext, StrategyFault, register_runner
+from decoding.engine.runner import Event, ExtraTokens, RunContext, StrategyFault, register_runner
 from decoding.engine.runners.opera_search import Seq, Top, opera_search
 from decoding.engine.runners.pairs import extend
 from decoding.engine.worker import opera as probe_codec
@@ -108,7 +108,7 @@ class EngineOracle:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _count(self, outs: list[RequestOutput], kind: str) -> None:
+    def _count(self, outs: list[RequestOutput], kind: ExtraTokens) -> None:
         computed = sum(len(o.prompt_token_ids or []) - int(o.num_cached_tokens or 0) for o in outs)
         self.ctx.extra_tokens(kind, computed)
 
@@ -118,7 +118,7 @@ class EngineOracle:
             for s in seqs
         ]
         outs = await self._all(jobs)
-        self._count(outs, "rollback" if rollback else "candidate")
+        self._count(outs, ExtraTokens.ROLLBACK if rollback else ExtraTokens.CANDIDATE)
         got = {}
         for seq, out in zip(seqs, outs, strict=True):
             o = out.outputs[0]
@@ -137,7 +137,7 @@ class EngineOracle:
         unique = list(want)
         outs = await self._all([(s, self._params(want[s], False)) for s in unique])
         if rollback:
-            self._count(outs, "rollback")
+            self._count(outs, ExtraTokens.ROLLBACK)
         got = {}
         for seq, out in zip(unique, outs, strict=True):
             lps = sorted(
@@ -271,7 +271,7 @@ async def run(
     stop = end_tokens(ctx, sp)
     oracle = EngineOracle(ctx, prompt, request_id, probe, kwargs)
     result = await opera_search(
-        oracle, p, stop, max_new, vocab, on_rollback=lambda: ctx.event("rollback")
+        oracle, p, stop, max_new, vocab, on_rollback=lambda: ctx.event(Event.ROLLBACK)
     )
     tokenizer = ctx.engine.tokenizer
     outputs = [

@@ -25,7 +25,7 @@ from typing import Any
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from decoding.engine.runner import RunContext, StrategyFault, register_runner
+from decoding.engine.runner import Event, ExtraTokens, RunContext, StrategyFault, register_runner
 from decoding.engine.runners.contrast_inputs import Contrast, build
 from decoding.strategies.base import StrategyParams
 from decoding.wire import ENGINE_KEY, PairSettings
@@ -130,7 +130,7 @@ class _Answer:
                 )
                 helper = asyncio.create_task(_drain(con))
                 self.ctx.extra_tokens(
-                    "contrast_prefill",
+                    ExtraTokens.CONTRAST_PREFILL,
                     len(self.contrast.prompt["prompt_token_ids"]) + len(self.tokens),
                 )
             role = "main" if self.contrast is not None else "solo"
@@ -149,7 +149,7 @@ class _Answer:
                         o, stalled = _cut(o, ids.index(self.stall), self.stall_text), True
                     self.tokens += list(o.token_ids)
                     if helper is not None and o.token_ids:
-                        self.ctx.extra_tokens("contrast_decode", len(o.token_ids))
+                        self.ctx.extra_tokens(ExtraTokens.CONTRAST_DECODE, len(o.token_ids))
                     finished = out.finished and not stalled
                     if o.token_ids or finished:
                         yield o, finished
@@ -162,7 +162,7 @@ class _Answer:
                     await asyncio.gather(helper, return_exceptions=True)
             if not stalled:
                 return
-            self.ctx.event("uncoupled_step")
+            self.ctx.event(Event.UNCOUPLED_STEP)
             idle = 0 if len(self.tokens) > decided else idle + 1
             if idle >= MAX_IDLE_RESTARTS:
                 raise StrategyFault(
