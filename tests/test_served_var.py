@@ -20,7 +20,6 @@ import torch
 
 from decoding.cores import var as var_core
 from decoding.engine.runners import single as single_runner
-from decoding.engine.worker.var import edit_probs
 from decoding.testing import parity
 from decoding.wire import ENGINE_KEY, VarSettings, decode_engine
 
@@ -216,42 +215,6 @@ def test_var_without_image_is_400(served) -> None:  # noqa: ANN001
 
 
 # --- units -------------------------------------------------------------------------------
-
-
-def _core_edit(probs, image, sinks, p, rho, summ):  # noqa: ANN001, ANN202
-    rows = var_core.select_rows(probs, image, sinks & image, rho, summ)
-    out = var_core.redistribute(probs, rows, sinks, image, p)
-    ok = rows & ((probs * (image & ~sinks)).sum(-1) > 0)
-    return out, ok
-
-
-def test_batched_edit_equals_the_core_per_request() -> None:
-    gen = torch.Generator().manual_seed(0)
-    heads, queries, keys = 3, 2, 12
-    # Request 0: visual sinks; 1: text sink only (no edit); 2: a row without attention on
-    # non-sink image tokens; per-request parameters.
-    image = torch.zeros(3, keys, dtype=torch.bool)
-    image[:, 2:9] = True
-    sinks = torch.zeros(3, keys, dtype=torch.bool)
-    sinks[0, [0, 3, 5]] = True
-    sinks[1, 0] = True
-    sinks[2, [0, 4]] = True
-    logits = torch.randn(3, heads, queries, keys, generator=gen) * 2
-    logits[0, :, :, 2:9] += 2.0  # image-centric rows in request 0
-    logits[2, 0, 0, 2:9] = -float("inf")
-    logits[2, 0, 0, 4] = 5.0  # all image attention on the visual sink
-    probs = torch.softmax(logits, dim=-1)
-    params = [(0.4, 0.5, 0.2), (0.9, 0.0, 0.0), (1.0, 0.1, 0.05)]  # (p, rho, summ)
-    p, _, summ = (torch.tensor(v, dtype=torch.float32) for v in zip(*params, strict=True))
-    got, changed = edit_probs(
-        probs, image, sinks, p, torch.tensor([1.0 - r for _, r, _ in params]), summ
-    )
-    for r, (pr, rh, sm) in enumerate(params):
-        want, ok = _core_edit(probs[r], image[r], sinks[r], pr, rh, sm)
-        assert torch.equal(changed[r], ok)
-        torch.testing.assert_close(got[r], want, rtol=0, atol=1e-7)
-    assert changed[0].any() and not changed[1].any() and not changed[2, 0, 0]
-    torch.testing.assert_close(got.sum(-1), torch.ones(3, heads, queries))
 
 
 def test_runner_request_settings(tiny_llava_dir) -> None:  # noqa: ANN001
