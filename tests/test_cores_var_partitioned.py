@@ -109,9 +109,9 @@ def test_cuda_path_through_a_cpu_stand_in() -> None:
 
     def efficient(q, k, v, bias, compute_lse, dropout, causal, *, scale):  # noqa: ANN001, ANN202
         calls.append((tuple(bias.shape), compute_lse, dropout, causal))
-        out, l = var_core.math_lse_attention(q, k, v, bias, scale)
-        pad = -l.shape[-1] % 32
-        return out, torch.nn.functional.pad(l, (0, pad), value=float("nan")), None, None
+        out, lse_ = var_core.math_lse_attention(q, k, v, bias, scale)
+        pad = -lse_.shape[-1] % 32
+        return out, torch.nn.functional.pad(lse_, (0, pad), value=float("nan")), None, None
 
     q, k, v, bias, image, sinks, p, rho, summ = _case(1)
     scale = 0.35
