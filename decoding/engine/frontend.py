@@ -63,7 +63,8 @@ def apply_platform_defaults(args: argparse.Namespace, argv: list[str]) -> list[s
         return any(a == flag or a.startswith(flag + "=") for a in argv)
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    if not given("--enforce-eager"):
+    compiled = any(given(f) for f in ("--no-enforce-eager", "--compilation-config", "-cc", "-O"))
+    if not given("--enforce-eager") and not compiled:
         args.enforce_eager = True
         notes.append("enforce_eager=True")
     if not given("--dtype"):
