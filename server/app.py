@@ -27,13 +27,14 @@ def customize(
     metrics: Metrics | None,
     versions: dict[str, str],
     max_body_bytes: int,
+    execution: dict[str, Any] | None = None,
 ) -> FastAPI:
     """Add the ``decoding`` middleware and our routes to vLLM's app (in place)."""
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/version"]
 
     @app.get("/version")
     async def version() -> dict[str, Any]:
-        return {"version": __version__, **versions, "strategies": enabled}
+        return {"version": __version__, **versions, "strategies": enabled, "execution": execution}
 
     @app.get("/v1/decoding/strategies")
     async def strategies() -> JSONResponse:
@@ -68,6 +69,8 @@ class Service:
         self.args = args
         self.enabled = enabled
         self.versions = {"version": __version__, **frontend.versions()}
+        #: How steps run (compiled or eager, CUDA graphs), reported by ``/version``.
+        self.execution = frontend.execution_summary(args, enabled)
         extra = {} if registry is None else {"registry": registry}
         self.metrics = Metrics(served_model_name(args), enabled, self.versions, **extra)
 
@@ -78,4 +81,5 @@ class Service:
             metrics=self.metrics,
             versions=self.versions,
             max_body_bytes=self.args.max_request_bytes,
+            execution=self.execution,
         )

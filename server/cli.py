@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     if notes:
         log.info("engine settings applied: %s", ", ".join(notes))
     log.info("strategies enabled: %s", ", ".join(enabled))
+    for kind, mode in frontend.execution_summary(args, enabled)["steps"].items():
+        log.info("steps with %s rows: %s", kind, mode)
     service = Service(args, enabled)
 
     def hook(app, client, args):  # noqa: ANN001

@@ -102,10 +102,9 @@ def test_deployment_errors_name_strategies_and_setting() -> None:
         rules, speculative=True, tensor_parallel_size=2, prefix_caching=False, cudagraph_mode="FULL"
     )
     joined = " ".join(errors)
-    assert len(errors) == 4
+    assert len(errors) == 3  # any CUDA-graph mode is fine: modes are chosen per step
     assert "speculative" in joined and "vcd, opera" in joined
     assert "tensor_parallel_size=2" in joined and "prefix caching is off" in joined
-    assert "cudagraph_mode=FULL" in joined
     none = deployment_errors(
         rules_for(["none"]), speculative=True, tensor_parallel_size=8, prefix_caching=False,
         cudagraph_mode="FULL",

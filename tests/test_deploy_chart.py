@@ -102,7 +102,10 @@ def test_every_object_has_standard_labels() -> None:
 def test_gpu_requested_and_limited(default_objects: list[dict[str, Any]]) -> None:
     res = server(default_objects)["resources"]
     assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
-    res = server(cc.render({"gpu": {"count": 2}, "engine": {"tensorParallelSize": 2}}))["resources"]
+    tp2 = {"gpu": {"count": 2}, "engine": {"tensorParallelSize": 2}}
+    # Tensor parallelism with the strategies whose hooks are correct on a shard.
+    tp2["strategies"] = {"enabled": ["none", "vcd", "var"]}
+    res = server(cc.render(tp2))["resources"]
     assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "2"
 
 
@@ -271,10 +274,10 @@ def test_chart_and_server_apply_the_same_engine_rules(strategy, values, argv, mo
     assert chart == _server_outcome(enabled, argv, monkeypatch)
 
 
-def test_attention_strategies_get_the_graph_mode_they_tolerate() -> None:
-    assert _chart_graphs(args_of({"strategies": {"enabled": ["none", "opera"]}})) == "PIECEWISE"
-    for strategy in ("var", "avc"):
-        assert _chart_graphs(args_of({"strategies": {"enabled": ["none", strategy]}})) == "NONE"
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+def test_strategies_keep_compilation_and_cuda_graphs(strategy: str) -> None:
+    args = args_of({"strategies": {"enabled": sorted({"none", strategy})}})
+    assert "--compilation-config" not in args and "--enforce-eager" not in args
 
 
 def test_enforce_eager_replaces_compilation_config() -> None:
@@ -283,10 +286,8 @@ def test_enforce_eager_replaces_compilation_config() -> None:
 
 
 @pytest.mark.parametrize("mode", ["FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"])
-def test_full_cuda_graphs_refused_with_attention_strategies(mode: str) -> None:
-    message = render_error({"engine": {"cudagraphMode": mode}})
-    assert "hooks would not run" in message and "var" in message
-    args = args_of({"engine": {"cudagraphMode": mode}, "strategies": {"enabled": ["none", "vcd"]}})
+def test_every_cuda_graph_mode_is_accepted_with_every_strategy(mode: str) -> None:
+    args = args_of({"engine": {"cudagraphMode": mode}})
     assert json.loads(flag(args, "--compilation-config") or "{}") == {"cudagraph_mode": mode}
     args = args_of({"engine": {"cudagraphMode": mode, "enforceEager": True}})
     assert "--enforce-eager" in args

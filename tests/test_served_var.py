@@ -389,14 +389,16 @@ def test_cpu_cache_reads_back_what_the_kernel_wrote(isa: str) -> None:
         assert torch.equal(k[b, :, o], keys[t]) and torch.equal(v[b, :, o], values[t])
 
 
-def test_gpu_deployments_run_var_eagerly_and_say_so(monkeypatch) -> None:  # noqa: ANN001
+def test_gpu_deployments_keep_compilation_and_say_how_steps_run(monkeypatch) -> None:  # noqa: ANN001
     from decoding.engine import frontend
 
     monkeypatch.setattr(frontend, "is_cpu", lambda: False)
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     args = frontend.make_parser("test").parse_args(["--model", "m"])
-    assert not args.enforce_eager
     notes = frontend.configure_strategies(args, ["none", "var"])
-    assert args.enforce_eager
-    assert any(n.startswith("enforce_eager=True") and "var" in n for n in notes), notes
+    assert not args.enforce_eager and frontend._cudagraph_mode(args) is None
     assert any(n.startswith("VLLM_USE_V2_MODEL_RUNNER=0") for n in notes), notes
+    summary = frontend.execution_summary(args, ["none", "var"])
+    assert summary["compiled"] and "V1" in summary["model_runner"]
+    assert any("skip_compiled" in mode for mode in summary["steps"].values())
+    assert "FULL" in summary["steps"]["plain"]

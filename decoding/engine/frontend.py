@@ -31,8 +31,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 from decoding.engine.client import StrategyEngineClient
 from decoding.engine.runner import StrategyObserver
 from decoding.strategies import get_strategy
-from decoding.strategies.base import Graphs
-from decoding.strategies.rules import EngineRules, deployment_errors, rules_for
+from decoding.strategies.rules import deployment_errors, rules_for
 
 AppHook = Callable[[Any, StrategyEngineClient, argparse.Namespace], Awaitable[None] | None]
 
@@ -127,14 +126,15 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
     """Engine settings the enabled strategies need (:mod:`decoding.strategies.rules`);
     returns notes for the start-up log, and raises :class:`DeploymentError` for settings
     that would give wrong answers (speculative decoding, tensor parallelism, no prefix
-    caching, CUDA-graph modes that skip a needed hook)."""
+    caching). CUDA graphs and torch.compile stay on: the engine picks each step's mode
+    from the rows it holds (:mod:`decoding.engine.worker.graphs`)."""
     rules = rules_for(enabled)
     errors = deployment_errors(
         rules,
         speculative=bool(getattr(args, "speculative_config", None)),
         tensor_parallel_size=int(getattr(args, "tensor_parallel_size", 1) or 1),
         prefix_caching=getattr(args, "enable_prefix_caching", None),
-        cudagraph_mode=None if is_cpu() else _cudagraph_mode(args),
+        cudagraph_mode=_cudagraph_mode(args),
     )
     if errors:
         raise DeploymentError("; ".join(errors))
@@ -167,27 +167,24 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
     if not is_cpu():
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         notes.append("VLLM_USE_V2_MODEL_RUNNER=0 (the row carrier is a V1 logits processor)")
-        notes += _graph_mode(args, rules)
     return notes
 
 
-def _graph_mode(args: argparse.Namespace, rules: EngineRules) -> list[str]:
-    """The CUDA-graph mode the enabled strategies tolerate, where the user set none."""
-    who = ", ".join(rules.graphs_set_by)
-    if rules.cuda_graphs == Graphs.EAGER and not args.enforce_eager:
-        args.enforce_eager = True
-        return [f"enforce_eager=True (hooks of {who} run inside the compiled model)"]
-    if rules.cuda_graphs == Graphs.PIECEWISE and not args.enforce_eager:
-        if _cudagraph_mode(args) is None:
-            from vllm.config import CUDAGraphMode
+def execution_summary(args: argparse.Namespace, enabled: list[str]) -> dict[str, Any]:
+    """How steps run on this deployment (start-up log and ``/version``)."""
+    compiled = not args.enforce_eager
+    if not rules_for(enabled).hooked:
+        return {"compiled": compiled, "steps": {"plain": "as vLLM configures it"}}
+    from decoding.engine.worker.graphs import STEP_MODES
 
-            cc = args.compilation_config
-            if isinstance(cc, dict) or cc is None:
-                args.compilation_config = {**(cc or {}), "cudagraph_mode": "PIECEWISE"}
-            else:
-                cc.cudagraph_mode = CUDAGraphMode.PIECEWISE
-            return [f"cudagraph_mode=PIECEWISE (attention hooks of {who})"]
-    return []
+    steps = STEP_MODES if compiled else {kind: "eager" for kind in STEP_MODES}
+    if is_cpu():  # no CUDA graphs on CPU
+        steps = {kind: mode.split(";")[0] for kind, mode in steps.items()}
+    return {
+        "compiled": compiled,
+        "model_runner": "V1 (the row carrier is a V1 logits processor; V2 not supported yet)",
+        "steps": steps,
+    }
 
 
 def validate_args(args: argparse.Namespace) -> None:

@@ -67,7 +67,8 @@ class Family(StrEnum):
 
 
 class Graphs(StrEnum):
-    """The most a strategy's hooks tolerate on GPU (CUDA graphs and torch.compile)."""
+    """The mode a step holding a strategy's rows runs in (the engine chooses it per step;
+    steps without such rows keep the engine's full speed)."""
 
     #: FULL CUDA graphs: only hooks outside the captured model (``compute_logits``,
     #: ``embed_multimodal``, logits processors).
@@ -96,7 +97,9 @@ class EngineNeeds:
     max_logprobs: int | None = None
     #: Correct with speculative decoding.
     speculative_decoding: bool = True
-    #: CUDA-graph mode its hooks tolerate.
+    #: Mode of the steps that hold its rows (at their most demanding: VAR's and AVC's
+    #: prefill steps run eagerly, their decode steps as the table in
+    #: ``decoding/engine/worker/graphs.py`` says).
     cuda_graphs: Graphs = Graphs.FULL
     #: Correct with ``tensor_parallel_size > 1`` (hooks that read all heads are not).
     tensor_parallel: bool = True

@@ -22,7 +22,8 @@ class EngineRules:
     enabled: tuple[str, ...]
     #: Any strategy acts through engine hooks (hooked model class, row carrier).
     hooked: bool
-    #: The strictest CUDA-graph mode the enabled strategies tolerate, and who sets it.
+    #: The strictest mode a step holding the enabled strategies' rows runs in (chosen per
+    #: step by the engine; plain steps keep full speed), and which strategies set it.
     cuda_graphs: Graphs
     graphs_set_by: tuple[str, ...]
     #: ``--max-logprobs`` at least (-1 = vocabulary), None = no need.
@@ -78,19 +79,10 @@ def deployment_errors(
             f"prefix caching is off, but strategies {', '.join(rules.needs_prefix_caching)} need "
             "it (every step resubmits the prompt): enable prefix caching or leave them out"
         )
-    mode = (cudagraph_mode or "").upper()
-    if mode and mode != "NONE" and rules.cuda_graphs.rank > _mode_rank(mode):
-        errors.append(
-            f"cudagraph_mode={cudagraph_mode}, but strategies {', '.join(rules.graphs_set_by)} "
-            f"need at most {rules.cuda_graphs.value} (their hooks would not run): leave the "
-            "mode unset (the server picks it) or set that mode"
-        )
+    # Any CUDA-graph mode works: the engine picks each step's mode from its rows
+    # (decoding/engine/worker/graphs.py), so ``cudagraph_mode`` is not restricted.
+    del cudagraph_mode
     return errors
-
-
-def _mode_rank(mode: str) -> int:
-    # FULL, FULL_DECODE_ONLY and FULL_AND_PIECEWISE all capture whole steps.
-    return 0 if mode.startswith("FULL") else Graphs(mode).rank
 
 
 def chart_data() -> dict[str, Any]:

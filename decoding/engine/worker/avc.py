@@ -21,6 +21,7 @@ from vllm.forward_context import get_forward_context
 from decoding.cores import avc as avc_core
 from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import gather_kv, layer_index, row_span
+from decoding.engine.worker.graphs import eager_step
 from decoding.engine.worker.rows import STEP, Row
 from decoding.wire import ATTENTION, FORWARD, BlindMask, PairSettings
 
@@ -77,6 +78,14 @@ def two_pass(model: Any, run: Any, embeds: torch.Tensor | None) -> Any:
     pending = _pending(meta) if meta is not None and embeds is not None else {}
     if not pending:
         return run(embeds)
+    # Two passes in one step: the language model runs eagerly (compiled code and CUDA
+    # graphs assume one pass), and pass two reads the masked embeddings from the same
+    # buffer as pass one.
+    with eager_step():
+        return _two_pass(run, embeds, pending, meta)
+
+
+def _two_pass(run: Any, embeds: torch.Tensor, pending: dict[int, Row], meta: Any) -> Any:
     _CAPTURE.clear()
     _CAPTURE.update({index: {} for index in pending})
     try:
@@ -101,7 +110,8 @@ def two_pass(model: Any, run: Any, embeds: torch.Tensor | None) -> Any:
         positions = image - first + start
         masked = avc_core.mask_image_embeddings(masked, positions, blind, cfg.mask)
         row.state["avc_blind"] = torch.nonzero(blind).flatten().tolist()
-    return run(masked)
+    embeds.copy_(masked)
+    return run(embeds)
 
 
 @hooks.register(ATTENTION, "blind_mask", order=10)

@@ -33,6 +33,10 @@ def register() -> None:
             AttentionBackendEnum.FLASH_ATTN,
             "decoding.engine.worker.attention.LucidFlashAttentionBackend",
         )
+        from decoding.engine.worker.graphs import install_dispatch_guard
+
+        # Steps with attention or forward hooks never replay FULL CUDA graphs.
+        install_dispatch_guard()
     # Worker modules register their hooks on import; deployments may add their own.
     load_worker_modules()
 

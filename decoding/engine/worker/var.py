@@ -48,6 +48,7 @@ import torch
 from decoding.cores import var as var_core
 from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import layer_index
+from decoding.engine.worker.graphs import eager_step
 from decoding.engine.worker.lse import lse_attention_for
 from decoding.engine.worker.rows import STEP, Row
 from decoding.wire import ATTENTION, FORWARD, VarSettings
@@ -287,6 +288,11 @@ def forward(model: Any, run: Any, embeds: Any) -> Any:
     ]
     _CURRENT = plan
     try:
+        if plan.probes:
+            # Decoder-layer pre-hooks run only in the eager language model: compiled code
+            # was traced without them.
+            with eager_step():
+                return run(embeds)
         return run(embeds)
     finally:
         _CURRENT = None

@@ -102,18 +102,6 @@ below are those of decoding/strategies/rules.py, which the server applies at sta
 {{- end }}
 {{- end }}
 
-{{/* The strictest CUDA-graph mode the enabled strategies tolerate: FULL, PIECEWISE or NONE. */}}
-{{- define "lucid.graphMode" -}}
-{{- $data := (include "lucid.strategyData" . | fromJson).strategies }}
-{{- $rank := dict "FULL" 0 "PIECEWISE" 1 "NONE" 2 }}
-{{- $mode := "FULL" }}
-{{- range .Values.strategies.enabled }}
-{{- $m := (index $data .).cudaGraphs }}
-{{- if gt (index $rank $m | int) (index $rank $mode | int) }}{{ $mode = $m }}{{ end }}
-{{- end }}
-{{- $mode }}
-{{- end }}
-
 {{/* Enabled strategies whose declared engine need `key` equals `value`, comma-separated. */}}
 {{- define "lucid.strategiesWith" -}}
 {{- $data := (include "lucid.strategyData" .root | fromJson).strategies }}
@@ -167,12 +155,6 @@ the rules that span several keys.
 {{- if not (has . $known) }}
 {{- fail (printf "strategies.enabled: unknown strategy %q (known: %s)" . (join ", " $known)) }}
 {{- end }}
-{{- end }}
-{{- $graphs := include "lucid.graphMode" . }}
-{{- $rank := dict "FULL" 0 "FULL_DECODE_ONLY" 0 "FULL_AND_PIECEWISE" 0 "PIECEWISE" 1 "NONE" 2 }}
-{{- $mode := .Values.engine.cudagraphMode }}
-{{- if and (ne $mode "auto") (ne $mode "NONE") (not .Values.engine.enforceEager) (gt (index $rank $graphs | int) (index $rank $mode | int)) }}
-{{- fail (printf "engine.cudagraphMode=%s, but strategies %s need at most %s (their hooks would not run): use auto (the mode they need), %s, or engine.enforceEager=true" $mode (include "lucid.strategiesWith" (dict "root" . "key" "cudaGraphs" "value" $graphs)) $graphs $graphs) }}
 {{- end }}
 {{- if .Values.engine.speculativeConfig }}
 {{- with include "lucid.strategiesWith" (dict "root" . "key" "speculativeDecoding" "value" false) }}
@@ -255,11 +237,6 @@ the rules that span several keys.
 {{- else if ne .Values.engine.cudagraphMode "auto" }}
 - --compilation-config
 - {{ dict "cudagraph_mode" .Values.engine.cudagraphMode | toJson | quote }}
-{{- else if eq (include "lucid.graphMode" .) "NONE" }}
-- --enforce-eager
-{{- else if eq (include "lucid.graphMode" .) "PIECEWISE" }}
-- --compilation-config
-- {{ dict "cudagraph_mode" "PIECEWISE" | toJson | quote }}
 {{- end }}
 {{- if not .Values.engine.prefixCaching }}
 - --no-enable-prefix-caching
