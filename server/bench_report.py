@@ -20,7 +20,15 @@ TARGET_CONCURRENCY = 16
 #: Every served strategy other than ``none`` must reach ``REFERENCE_FACTOR`` x its batch-1
 #: reference tokens/s, besides its declared target (``Strategy.bench_target``).
 REFERENCE_FACTOR = 5.0
-RATIO_LABEL = {"vs_none": "x none", "vs_reference": "x reference", "vs_beam5": "x beam-5"}
+RATIO_LABEL = {
+    "vs_none": "x none",
+    "vs_reference": "x reference",
+    "vs_beam5": "x beam-5",
+    "compiled_overhead": "x none-only",
+}
+#: Targets of the compiled comparison (``--compiled``): plain requests on a compiled server
+#: with every strategy loaded keep 95% of a compiled ``--strategies none`` server's speed.
+COMPILED_TARGETS: tuple[tuple[str, str, float], ...] = (("none", "compiled_overhead", 0.95),)
 
 Sample = tuple[float, float, int]  # (latency s, time to first token s, generated tokens)
 
@@ -117,6 +125,15 @@ def ratios(
     }
 
 
+def per_strategy_ratio(
+    num: list[dict[str, Any]], den: list[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """tokens/s of each strategy in ``num`` over the same strategy's in ``den``."""
+    a, b = _tps(num), _tps(den)
+    out = {s: _over(v, b.get(s, {})) for s, v in a.items()}
+    return {s: v for s, v in out.items() if v}
+
+
 def overhead_ratio(full: list[dict[str, Any]], none_only: list[dict[str, Any]]) -> dict[str, float]:
     """``none`` on the full server over ``none`` on a ``--strategies none`` server."""
     return _over(_tps(full).get("none", {}), _tps(none_only).get("none", {}))
@@ -132,6 +149,8 @@ def targets(
     """
     everyone = ordered([*order(), *strategies])
     specs = declared_targets() + [(s, "vs_reference", REFERENCE_FACTOR) for s in everyone[1:]]
+    if "compiled_overhead" in rat:
+        specs += list(COMPILED_TARGETS)
     rank = {s: i for i, s in enumerate(everyone)}
     specs.sort(key=lambda t: rank[t[0]])  # stable: per strategy, in TARGETS order
     out = []
@@ -213,4 +232,14 @@ def overhead_lines(overhead: dict[str, Any], full: list[dict[str, Any]]) -> str:
             f"concurrency {c:>3}: none {here[c]:.1f} tok/s here, {there[c]:.1f} tok/s on the "
             f"none-only server: {x:.2f}x"
         )
+    return "\n".join(lines)
+
+
+def compiled_lines(compiled: dict[str, Any]) -> str:
+    """Compiled over eager tokens/s per strategy and level, and the compiled overhead."""
+    lines = [f"{'strategy':<10}" + "".join(f"{'c=' + c:>10}" for c in compiled["levels"])]
+    for s, by_c in compiled["vs_eager"].items():
+        lines.append(f"{s:<10}" + "".join(f"{_x(by_c.get(c)):>10}" for c in compiled["levels"]))
+    for c, x in compiled["none_overhead_ratio"].items():
+        lines.append(f"none, all strategies loaded / none-only (both compiled), c={c}: {x:.2f}x")
     return "\n".join(lines)
