@@ -136,6 +136,26 @@ CONTRACT = [
     ),
     ("vllm.forward_context", "get_forward_context", [], "attention metadata inside forward hooks"),
     (
+        "vllm.forward_context",
+        "is_forward_context_available",
+        [],
+        "per-step eager mode only inside a step",
+    ),
+    ("vllm.forward_context", "ForwardContext", [], "`skip_compiled`: eager steps"),
+    (
+        "vllm.v1.cudagraph_dispatcher",
+        "CudagraphDispatcher.dispatch",
+        [
+            "num_tokens",
+            "uniform_decode",
+            "has_lora",
+            "num_active_loras",
+            "valid_modes",
+            "invalid_modes",
+        ],
+        "FULL CUDA graphs excluded for steps with attention or forward hooks",
+    ),
+    (
         "vllm.v1.sample.logits_processor",
         "LogitsProcessor.__init__",
         ["vllm_config", "device", "is_pin_memory"],
@@ -252,6 +272,14 @@ def test_every_vllm_symbol_the_engine_imports_is_in_the_contract() -> None:
     listed = {(m, a.split(".")[0]) for m, a, *_ in CONTRACT}
     missing = sorted(f"{m}:{a}" for m, a in _engine_imports() - listed)
     assert missing == [], "add these to CONTRACT (with the parameters relied on)"
+
+
+def test_forward_context_has_skip_compiled() -> None:
+    import dataclasses
+
+    from vllm.forward_context import ForwardContext
+
+    assert "skip_compiled" in {f.name for f in dataclasses.fields(ForwardContext)}
 
 
 def test_only_the_engine_package_imports_vllm() -> None:
