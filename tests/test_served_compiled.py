@@ -53,7 +53,7 @@ def test_parity_compiled(compiled, tiny_llava_dir, strategy: str) -> None:  # no
 def test_var_edits_attention_when_compiled(compiled, tiny_llava_dir) -> None:  # noqa: ANN001
     refs = [parity.reference(tiny_llava_dir, c, var.VAR, var.MAX_TOKENS) for c in CASES]
     answers = [var.ask(compiled, c, var.VAR) for c in CASES]
-    var.check_parity(answers, refs, "compiled")
+    var.check_parity(answers, refs, "compiled", CASES)
     # ... and the edit is there: VAR moves log-probabilities and margins away from plain
     # decoding far more than the served-versus-reference tolerance.
     plain = [var.ask(compiled, c, var.NONE) for c in CASES]
@@ -65,7 +65,7 @@ def test_var_in_flight_with_none_when_compiled(compiled, tiny_llava_dir) -> None
     refs = [parity.reference(tiny_llava_dir, c, var.VAR, var.MAX_TOKENS) for c in CASES]
     jobs = [job for c in CASES for job in ((c, var.VAR), (c, var.NONE))]
     answers = var.ask_together(compiled, jobs)
-    var.check_parity(answers[0::2], refs, "compiled, in flight with none")
+    var.check_parity(answers[0::2], refs, "compiled, in flight with none", CASES)
 
 
 def test_opera_parity_compiled(compiled, tiny_llava_dir) -> None:  # noqa: ANN001

@@ -89,14 +89,17 @@ def gap(a: Answer, b: Answer) -> float:
     return max(diffs)
 
 
-def check_parity(answers: list[Answer], refs: list[Any], label: str) -> list[parity.Verdict]:
+def check_parity(
+    answers: list[Answer], refs: list[Any], label: str, cases: list[parity.Case] | None = None
+) -> list[parity.Verdict]:
+    cases = CASES if cases is None else cases
     verdicts = [
-        parity.compare(c, a.token_ids, r) for c, a, r in zip(CASES, answers, refs, strict=True)
+        parity.compare(c, a.token_ids, r) for c, a, r in zip(cases, answers, refs, strict=True)
     ]
     failures, ties = parity.judge(verdicts)
-    print(f"VAR parity ({label}): {len(CASES)} cases, {len(ties)} ties {parity.describe(ties)}")
+    print(f"VAR parity ({label}): {len(cases)} cases, {len(ties)} ties {parity.describe(ties)}")
     assert not failures, parity.describe(failures)
-    for case, answer, ref, verdict in zip(CASES, answers, refs, verdicts, strict=True):
+    for case, answer, ref, verdict in zip(cases, answers, refs, verdicts, strict=True):
         if verdict.equal:
             diff = gap(answer, _of(ref))
             assert diff < LOGPROB_TOL, (label, case, diff)
