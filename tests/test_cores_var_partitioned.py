@@ -125,3 +125,15 @@ def test_cuda_path_through_a_cpu_stand_in() -> None:
         torch.testing.assert_close(got, want)
     assert lse.lse_attention_for(torch.device("cpu")) is lse.cpu_lse_attention
     assert lse.lse_attention_for(torch.device("cuda")) is lse.cuda_lse_attention
+
+
+def test_step_timing_harness_runs(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from decoding.testing import var_step_bench
+
+    out = tmp_path / "var.json"
+    var_step_bench.main(["--small", "--repeats", "1", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["var_ms_per_step"] > 0 and result["decoder_ms_per_step"] > 0
+    assert result["shapes"]["edited_layers"] == 2 and result["target"] == 0.25
