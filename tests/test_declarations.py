@@ -112,7 +112,7 @@ def test_deployment_errors_name_strategies_and_setting() -> None:
     assert none == []
 
 
-def test_server_refuses_a_deployment_it_cannot_run(monkeypatch) -> None:  # noqa: ANN001
+def test_server_refuses_a_deployment_it_cannot_run(monkeypatch, llava_family) -> None:  # noqa: ANN001
     from decoding.engine import frontend
 
     monkeypatch.setattr(frontend, "is_cpu", lambda: False)
@@ -320,3 +320,34 @@ def test_every_reported_event_and_token_kind_has_a_series() -> None:
     assert 'lucid:rollbacks_total{model_name="m",strategy="opera"} 1.0' in text
     for kind in ExtraTokens:
         assert f'kind="{kind}"' in text
+
+
+# Model families -------------------------------------------------------------------------------
+def test_family_from_the_checkpoint(tiny_llava_dir) -> None:  # noqa: ANN001
+    from transformers import AutoConfig
+
+    from decoding.engine import families, frontend
+
+    config = AutoConfig.from_pretrained(tiny_llava_dir)
+    family = families.family_for(config)
+    assert family is families.LLAVA_15 and family.image_token(config) == 4
+    args = frontend.make_parser("t").parse_args(["--model", str(tiny_llava_dir)])
+    assert frontend.model_family(args) is families.LLAVA_15
+    notes = frontend.configure_strategies(args, ["none", "vcd"])
+    assert args.hf_overrides["architectures"] == [family.hooked_architecture]
+    assert "family=llava-1.5" in notes
+
+
+def test_strategies_on_an_unsupported_architecture_fail_at_start_up(tmp_path) -> None:  # noqa: ANN001
+    from decoding.engine import families, frontend
+
+    with pytest.raises(families.UnsupportedModel, match="supported families: llava-1.5"):
+        families.family_for({"architectures": ["Qwen2_5_VLForConditionalGeneration"]})
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"})
+    )
+    args = frontend.make_parser("t").parse_args(["--model", str(tmp_path)])
+    with pytest.raises(frontend.DeploymentError, match="Qwen2ForCausalLM.*--strategies none"):
+        frontend.configure_strategies(args, ["none", "vcd"])
+    plain = frontend.make_parser("t").parse_args(["--model", str(tmp_path)])
+    assert frontend.configure_strategies(plain, ["none"]) == []  # any model vLLM serves

@@ -266,7 +266,9 @@ CHART_CASES = [
 
 @pytest.mark.parametrize("strategy", ALL_STRATEGIES)
 @pytest.mark.parametrize(("values", "argv"), CHART_CASES)
-def test_chart_and_server_apply_the_same_engine_rules(strategy, values, argv, monkeypatch) -> None:  # noqa: ANN001
+def test_chart_and_server_apply_the_same_engine_rules(
+    strategy, values, argv, monkeypatch, llava_family
+) -> None:  # noqa: ANN001
     """One source of rules (the declarations): for each strategy and each engine setting the
     chart and the server both refuse the deployment or pick the same CUDA-graph mode."""
     enabled = sorted({"none", strategy}, key=ALL_STRATEGIES.index)

@@ -392,7 +392,7 @@ def test_cpu_cache_reads_back_what_the_kernel_wrote(isa: str) -> None:
         assert torch.equal(k[b, :, o], keys[t]) and torch.equal(v[b, :, o], values[t])
 
 
-def test_gpu_deployments_keep_compilation_and_say_how_steps_run(monkeypatch) -> None:  # noqa: ANN001
+def test_gpu_deployments_keep_compilation_and_say_how_steps_run(monkeypatch, llava_family) -> None:  # noqa: ANN001
     from decoding.engine import frontend
 
     monkeypatch.setattr(frontend, "is_cpu", lambda: False)

@@ -29,6 +29,7 @@ from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from decoding.engine.client import StrategyEngineClient
+from decoding.engine.families import Family, UnsupportedModel, family_for
 from decoding.engine.runner import StrategyObserver
 from decoding.strategies import get_strategy
 from decoding.strategies.rules import deployment_errors, rules_for
@@ -114,6 +115,27 @@ def check_served(enabled: list[str]) -> None:
         raise DeploymentError("cannot serve the enabled strategies: " + "; ".join(problems))
 
 
+def model_family(args: argparse.Namespace) -> Family:
+    """The family adapter of the checkpoint ``args`` serve (its ``config.json``)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            args.model,
+            revision=getattr(args, "revision", None),
+            trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+        )
+    except (OSError, ValueError) as exc:
+        raise DeploymentError(
+            f"strategies need the checkpoint's model family, but its config could not be "
+            f"read ({exc}); serve it with --strategies none"
+        ) from None
+    try:
+        return family_for(config)
+    except UnsupportedModel as exc:
+        raise DeploymentError(str(exc)) from None
+
+
 def _cudagraph_mode(args: argparse.Namespace) -> str | None:
     cc = getattr(args, "compilation_config", None)
     mode = cc.get("cudagraph_mode") if isinstance(cc, dict) else getattr(cc, "cudagraph_mode", None)
@@ -141,13 +163,12 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
     if not rules.hooked:
         return []
     check_served(enabled)
-    from decoding.engine.worker.model import ARCHITECTURE
-
-    notes = [f"architecture={ARCHITECTURE}"]
+    family = model_family(args)
+    notes = [f"family={family.name}", f"architecture={family.hooked_architecture}"]
     overrides = args.hf_overrides
     if isinstance(overrides, str):
         overrides = json.loads(overrides) if overrides.strip() else {}
-    args.hf_overrides = {**(overrides or {}), "architectures": [ARCHITECTURE]}
+    args.hf_overrides = {**(overrides or {}), "architectures": [family.hooked_architecture]}
     # Runners copy the image inputs into their contrast requests, so the API process must
     # keep them: its multimodal processor cache would strip repeated images to a hash.
     if getattr(args, "mm_processor_cache_gb", 0):

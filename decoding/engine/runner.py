@@ -16,6 +16,7 @@ from vllm.exceptions import VLLMServerError
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
+from decoding.engine.families import family_for
 from decoding.observe import Event, ExtraTokens, StrategyObserver
 from decoding.strategies.base import Strategy, StrategyParams
 
@@ -54,7 +55,8 @@ class RunContext:
             self.observer.event(self.name, name, count)
 
     def image_token(self) -> int:
-        return int(self.engine.model_config.hf_config.image_token_index)
+        hf = self.engine.model_config.hf_config
+        return family_for(hf).image_token(hf)
 
     def stall_token(self) -> int:
         """The token the engine forces on rows it cannot decode as asked (the image

@@ -21,18 +21,19 @@ from typing import Any
 import torch
 from vllm.model_executor.models.llava import LlavaForConditionalGeneration
 
+from decoding.engine.families import LLAVA_15, family_for
 from decoding.engine.worker import hooks
 from decoding.engine.worker.rows import STEP
 from decoding.wire import EMBED, FORWARD, LOGITS
 
-ARCHITECTURE = "LucidLlavaForConditionalGeneration"
+ARCHITECTURE = LLAVA_15.hooked_architecture
 
 
 class LucidLlava(LlavaForConditionalGeneration):
     @property
     def stall_token(self) -> int:
         """The image placeholder id: never a real answer token, used to flag a stall."""
-        return int(self.config.image_token_index)
+        return family_for(self.config).image_token(self.config)
 
     def embed_multimodal(self, **kwargs: object) -> Any:
         topk = kwargs.pop("lucid_topk", None)

@@ -20,9 +20,10 @@ def register() -> None:
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from decoding.engine.worker.model import ARCHITECTURE
+    from decoding.engine.families import FAMILIES
 
-    ModelRegistry.register_model(ARCHITECTURE, "decoding.engine.worker.model:LucidLlava")
+    for family in FAMILIES:
+        ModelRegistry.register_model(family.hooked_architecture, family.hooked_class)
     if current_platform.is_cpu():
         register_backend(
             AttentionBackendEnum.CPU_ATTN,

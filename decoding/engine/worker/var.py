@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from decoding.cores import var as var_core
+from decoding.engine.families import family_for
 from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import layer_index
 from decoding.engine.worker.graphs import eager_step
@@ -136,7 +137,7 @@ def _metadata(layer_name: str) -> Any:
 
 
 def decoder_layers(model: Any) -> Any:
-    return model.language_model.model.layers
+    return family_for(model.config).decoder_layers(model)
 
 
 def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | None:
