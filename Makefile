@@ -45,8 +45,10 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# --overhead and --compiled: the loaded-machinery and compiled-server figures in the same run.
+BENCH_ARGS ?= $(if $(URL),,--overhead --compiled)
 bench: venv
-	$(PY) -m server.bench --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)
+	$(PY) -m server.bench $(BENCH_ARGS) --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)
 
 bench-flood: venv
 	$(PY) -m server.bench --flood opera-max $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)

@@ -29,6 +29,7 @@ def customize(
     metrics: Metrics | None,
     versions: dict[str, str],
     max_body_bytes: int,
+    execution: dict[str, Any] | None = None,
     admission: Admission | None = None,
 ) -> FastAPI:
     """Add the ``decoding`` middleware and our routes to vLLM's app (in place)."""
@@ -45,7 +46,13 @@ def customize(
                 "queue_timeout_s": st.max_wait,
                 "fanout_limit": st.fanout,
             }
-        return {"version": __version__, **versions, "strategies": enabled, "admission": limits}
+        return {
+            "version": __version__,
+            **versions,
+            "strategies": enabled,
+            "execution": execution,
+            "admission": limits,
+        }
 
     @app.get("/v1/decoding/strategies")
     async def strategies() -> JSONResponse:
@@ -56,8 +63,7 @@ def customize(
             data.append(
                 {
                     "strategy": name,
-                    "needs_image": strat.needs_image,
-                    "parameters": strat.Params.model_json_schema(),
+                    **strat.describe(),
                     "description": (strat.__doc__ or "").strip().split("\n\n")[0],
                 }
             )
@@ -168,6 +174,8 @@ class Service:
         self.args = args
         self.enabled = enabled
         self.versions = {"version": __version__, **frontend.versions()}
+        #: How steps run (compiled or eager, CUDA graphs), reported by ``/version``.
+        self.execution = frontend.execution_summary(args, enabled)
         extra = {} if registry is None else {"registry": registry}
         self.metrics = Metrics(served_model_name(args), enabled, self.versions, **extra)
 
@@ -193,5 +201,6 @@ class Service:
             metrics=self.metrics,
             versions=self.versions,
             max_body_bytes=self.args.max_request_bytes,
+            execution=self.execution,
             admission=admission,
         )

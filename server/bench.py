@@ -226,7 +226,7 @@ def serving(url: str | None, model: str, extra: list[str]) -> Iterator[str]:
         yield url.rstrip("/")
         return
     log = Path(tempfile.mkdtemp()) / "server.log"
-    served = start_server(Path(model), log, extra)
+    served = start_server(Path(model), log, extra, timeout=600)
     try:
         yield served.url
     finally:
@@ -255,7 +255,7 @@ def reference(
     from decoding.reference import engine
     from decoding.reference.cli import load
 
-    names = [s for s in names if s in ref_bench.STRATEGIES]
+    names = [s for s in names if s in ref_bench.all_strategies()]
     if not names:
         return []
     if device is None:
@@ -317,6 +317,9 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
     if result["overhead"] is not None:
         print("\nloaded-but-unused overhead")
         print(report.overhead_lines(result["overhead"], records))
+    if result.get("compiled") is not None:
+        print("\ncompiled (torch.compile) over eager tokens/s")
+        print(report.compiled_lines(result["compiled"]))
     print(f"\ntargets (at concurrency {report.TARGET_CONCURRENCY})")
     print(report.target_lines(result["targets"]))
     cpus, load = result["machine"]["cpu_count"], result["machine"]["load_average_1m_at_end"]
@@ -384,6 +387,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--compare-url", help="a running none-only server for the overhead (implies --overhead)"
     )
     ap.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also measure every strategy on a compiled server (--no-enforce-eager) and none "
+        "on a compiled none-only server: compiled vs eager, and the compiled overhead",
+    )
+    ap.add_argument(
         "--flood",
         choices=sorted(bench_flood.FLOODS),
         help="instead: plain p50/p95 alone and under a flood of this costly request",
@@ -418,6 +427,34 @@ def flood_main(args: argparse.Namespace, model: str, extra: list[str], started: 
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(bench_flood.report(result))
     print(f"wrote {args.out}")
+
+
+def measure_compiled(
+    model: str | None,
+    extra: list[str],
+    names: list[str],
+    levels: list[int],
+    args: argparse.Namespace,
+    eager: list[dict[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every strategy on a compiled server, then none on a compiled none-only server."""
+    if model is None:
+        raise SystemExit("--compiled starts its own servers: give --model (or no --url)")
+    flags = [*extra, "--no-enforce-eager"]
+    with serving(None, model, flags) as url:
+        records, errors = asyncio.run(measure(url, names, levels, args.requests, args.max_tokens))
+    with serving(None, model, [*flags, "--strategies", "none"]) as url:
+        none_only, errs = asyncio.run(
+            measure(url, ["none"], levels, args.requests, args.max_tokens)
+        )
+    errors = [{**e, "server": "compiled"} for e in errors + errs]
+    return {
+        "records": records,
+        "none_only_records": none_only,
+        "levels": [str(c) for c in levels],
+        "vs_eager": report.per_strategy_ratio(records, eager),
+        "none_overhead_ratio": report.overhead_ratio(records, none_only),
+    }, errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -457,9 +494,16 @@ def main(argv: list[str] | None = None) -> None:
             "none_overhead_ratio": report.overhead_ratio(records, others),
         }
 
+    compiled = None
+    if args.compiled:
+        compiled, errs = measure_compiled(model, extra, names, levels, args, records)
+        errors += errs
+
     measured = report.ordered([r["strategy"] for r in records])  # not the ones that failed
     ref, ref_note = reference_step(args, model or checkpoint, measured)
     rat = report.ratios(records, ref)
+    if compiled is not None:
+        rat["compiled_overhead"] = {"none": compiled["none_overhead_ratio"]}
     result = {
         "records": records,
         "errors": errors,
@@ -468,6 +512,7 @@ def main(argv: list[str] | None = None) -> None:
         "ratios": rat,
         "targets": report.targets(rat, names),
         "overhead": overhead,
+        "compiled": compiled,
         "model": model_id,
         "max_tokens": args.max_tokens,
         "levels": levels,

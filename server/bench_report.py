@@ -10,32 +10,49 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-#: Presentation and run order; strategies outside it follow in the server's order.
-ORDER = ("none", "vcd", "damro", "avc", "var", "opera")
+from decoding.strategies import available, get_strategy
+
 #: Plain vLLM beam search, the baseline OPERA (a beam-search method) is compared with.
 BEAM = "beam-5"
 BEAM_WIDTH = 5
 #: The concurrency the performance targets are stated at.
 TARGET_CONCURRENCY = 16
-#: (strategy, ratio, minimum) at ``TARGET_CONCURRENCY``; every served strategy other than
-#: ``none`` must also reach ``REFERENCE_FACTOR`` x its batch-1 reference tokens/s.
-TARGETS: tuple[tuple[str, str, float], ...] = (
-    ("vcd", "vs_none", 0.5),
-    ("damro", "vs_none", 0.5),
-    ("avc", "vs_none", 0.5),
-    ("var", "vs_none", 0.8),
-    ("opera", "vs_beam5", 0.3),
-)
+#: Every served strategy other than ``none`` must reach ``REFERENCE_FACTOR`` x its batch-1
+#: reference tokens/s, besides its declared target (``Strategy.bench_target``).
 REFERENCE_FACTOR = 5.0
-RATIO_LABEL = {"vs_none": "x none", "vs_reference": "x reference", "vs_beam5": "x beam-5"}
+RATIO_LABEL = {
+    "vs_none": "x none",
+    "vs_reference": "x reference",
+    "vs_beam5": "x beam-5",
+    "compiled_overhead": "x none-only",
+}
+#: Targets of the compiled comparison (``--compiled``): plain requests on a compiled server
+#: with every strategy loaded keep 95% of a compiled ``--strategies none`` server's speed.
+COMPILED_TARGETS: tuple[tuple[str, str, float], ...] = (("none", "compiled_overhead", 0.95),)
 
 Sample = tuple[float, float, int]  # (latency s, time to first token s, generated tokens)
 
 
+def order() -> list[str]:
+    """Presentation and run order: the registry's."""
+    return available()
+
+
+def declared_targets() -> list[tuple[str, str, float]]:
+    """(strategy, ratio, minimum) at ``TARGET_CONCURRENCY``, from the declarations."""
+    out = []
+    for name in order():
+        target = get_strategy(name).bench_target
+        if target is not None:
+            ratio = "vs_beam5" if target.against == BEAM else f"vs_{target.against}"
+            out.append((name, ratio, target.ratio))
+    return out
+
+
 def ordered(names: list[str]) -> list[str]:
-    """``names`` in ``ORDER``, unknown ones after in their given order, without repeats."""
-    known = [s for s in ORDER if s in names]
-    return known + [s for s in dict.fromkeys(names) if s not in ORDER]
+    """``names`` in registry order, unknown ones after in their given order, no repeats."""
+    known = [s for s in order() if s in names]
+    return known + [s for s in dict.fromkeys(names) if s not in known]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -99,12 +116,22 @@ def ratios(
     records: list[dict[str, Any]], reference: list[dict[str, Any]] | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
     tps = _tps(records)
-    beam = {"opera": _over(tps["opera"], tps.get(BEAM, {}))} if "opera" in tps else {}
+    against_beam = [s for s, ratio, _ in declared_targets() if ratio == "vs_beam5"]
+    beam = {s: _over(tps[s], tps.get(BEAM, {})) for s in against_beam if s in tps}
     return {
         "vs_none": vs_none(records),
         "vs_reference": vs_reference(records, reference or []),
         "vs_beam5": {s: v for s, v in beam.items() if v},
     }
+
+
+def per_strategy_ratio(
+    num: list[dict[str, Any]], den: list[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """tokens/s of each strategy in ``num`` over the same strategy's in ``den``."""
+    a, b = _tps(num), _tps(den)
+    out = {s: _over(v, b.get(s, {})) for s, v in a.items()}
+    return {s: v for s, v in out.items() if v}
 
 
 def overhead_ratio(full: list[dict[str, Any]], none_only: list[dict[str, Any]]) -> dict[str, float]:
@@ -120,10 +147,11 @@ def targets(
     N/A means the figure was not measured in this run (strategy not served, no reference,
     no beam-5 row, or no level at ``TARGET_CONCURRENCY``).
     """
-    specs = list(TARGETS) + [
-        (s, "vs_reference", REFERENCE_FACTOR) for s in ordered([*ORDER, *strategies]) if s != "none"
-    ]
-    rank = {s: i for i, s in enumerate(ordered([*ORDER, *strategies]))}
+    everyone = ordered([*order(), *strategies])
+    specs = declared_targets() + [(s, "vs_reference", REFERENCE_FACTOR) for s in everyone[1:]]
+    if "compiled_overhead" in rat:
+        specs += list(COMPILED_TARGETS)
+    rank = {s: i for i, s in enumerate(everyone)}
     specs.sort(key=lambda t: rank[t[0]])  # stable: per strategy, in TARGETS order
     out = []
     for strategy, ratio, minimum in specs:
@@ -204,4 +232,14 @@ def overhead_lines(overhead: dict[str, Any], full: list[dict[str, Any]]) -> str:
             f"concurrency {c:>3}: none {here[c]:.1f} tok/s here, {there[c]:.1f} tok/s on the "
             f"none-only server: {x:.2f}x"
         )
+    return "\n".join(lines)
+
+
+def compiled_lines(compiled: dict[str, Any]) -> str:
+    """Compiled over eager tokens/s per strategy and level, and the compiled overhead."""
+    lines = [f"{'strategy':<10}" + "".join(f"{'c=' + c:>10}" for c in compiled["levels"])]
+    for s, by_c in compiled["vs_eager"].items():
+        lines.append(f"{s:<10}" + "".join(f"{_x(by_c.get(c)):>10}" for c in compiled["levels"]))
+    for c, x in compiled["none_overhead_ratio"].items():
+        lines.append(f"none, all strategies loaded / none-only (both compiled), c={c}: {x:.2f}x")
     return "\n".join(lines)

@@ -7,22 +7,19 @@ import logging
 import sys
 
 from decoding.engine import frontend
-from decoding.engine.client import served_strategies
 from decoding.strategies import available
 from server.app import Service, add_admission_args
 
 log = logging.getLogger("lucid.server")
 
 
-def parse_strategies(value: str) -> tuple[list[str], list[str]]:
+def parse_strategies(value: str) -> list[str]:
     """``all`` or a comma-separated subset of the registry (``none`` is always on).
 
-    Returns (enabled, not served): a registered strategy that this build does not serve
-    yet is left out with a start-up warning, and requests for it get a 400 that says it
-    is not enabled here. A name outside the registry is a start-up error.
+    A name outside the registry is a start-up error; so is an enabled strategy the engine
+    cannot serve (checked by :func:`decoding.engine.frontend.configure_strategies`).
     """
     registered = available()
-    served = set(served_strategies())
     names = (
         registered if value.strip() == "all" else [s.strip() for s in value.split(",") if s.strip()]
     )
@@ -31,8 +28,7 @@ def parse_strategies(value: str) -> tuple[list[str], list[str]]:
         raise SystemExit(
             f"--strategies: unknown strategy {bad[0]!r}; available: {', '.join(registered)}"
         )
-    enabled = ["none", *[s for s in names if s != "none" and s in served]]
-    return enabled, [s for s in names if s not in served]
+    return ["none", *[s for s in registered if s != "none" and s in names]]
 
 
 def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
@@ -56,11 +52,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model is required (a local checkpoint path or a hub id)")
-    enabled, unserved = parse_strategies(args.strategies)
-    if unserved:
-        log.warning(
-            "strategies not served by this build (requests get 400): %s", ", ".join(unserved)
-        )
+    enabled = parse_strategies(args.strategies)
     notes = frontend.apply_platform_defaults(args, argv)
     notes += frontend.configure_strategies(args, enabled)
     frontend.validate_args(args)
@@ -74,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     if notes:
         log.info("engine settings applied: %s", ", ".join(notes))
     log.info("strategies enabled: %s", ", ".join(enabled))
+    for kind, mode in frontend.execution_summary(args, enabled)["steps"].items():
+        log.info("steps with %s rows: %s", kind, mode)
     service = Service(args, enabled)
 
     def hook(app, client, args):  # noqa: ANN001

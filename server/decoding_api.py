@@ -19,10 +19,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from decoding.engine.client import DECODING_KEY
-from decoding.engine.worker.rows import ENGINE_KEY
 from decoding.strategies import Decoding, DecodingParamError, resolve
 from decoding.tally import Tally, open_tally
+from decoding.wire import DECODING_KEY, RESERVED_KEYS, encode_decoding
 from server import bodies
 from server.admission import Admission, Overloaded
 from server.endpoints import ENDPOINTS, Endpoint
@@ -73,9 +72,9 @@ def check_reserved(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not isinstance(xargs, dict):
         raise RequestRejected(f"'vllm_xargs' must be an object, got {xargs!r}", param="vllm_xargs")
-    for key in (DECODING_KEY, ENGINE_KEY):
+    for key in RESERVED_KEYS:
         if key in xargs:
-            # ENGINE_KEY flags engine-internal requests (look-ahead probes, contrast pairs).
+            # The engine key flags engine-internal requests (look-ahead probes, pairs).
             raise RequestRejected(
                 f"'vllm_xargs.{key}' is reserved; use 'decoding'", param=f"vllm_xargs.{key}"
             )
@@ -94,6 +93,7 @@ def admit(
     try:
         decoding = resolve(body.pop("decoding", None), enabled=enabled)
         decoding.strategy.check_request(decoding.params, body)
+        body = decoding.strategy.adjust_request(decoding.params, body)
     except DecodingParamError as exc:
         raise RequestRejected(exc.message, param=exc.param) from None
     if decoding.strategy.needs_image and not endpoint.has_image(body):
@@ -104,7 +104,8 @@ def admit(
         )
     xargs = check_reserved(body) or {}
     if decoding.name != "none":  # plain requests reach vLLM exactly as sent
-        xargs = {**xargs, DECODING_KEY: json.dumps(decoding.as_dict())}
+        wire = encode_decoding(decoding.name, decoding.params.model_dump())
+        xargs = {**xargs, DECODING_KEY: wire}
     if xargs:
         body["vllm_xargs"] = xargs
     return body, decoding

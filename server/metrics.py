@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from decoding.observe import Event, ExtraTokens
+
 # vLLM 0.32 v1/metrics/buckets.py: request-latency and TTFT bucket edges.
 LATENCY_BUCKETS = (
     0.3,
@@ -114,9 +116,8 @@ class Metrics:
         )
         self.extra_tokens = Counter(
             PREFIX + "extra_forward_tokens",
-            "Tokens run through the model beyond the "
-            "request's own sequence, by strategy and kind (contrast_prefill, "
-            "contrast_decode, candidate, rollback).",
+            "Tokens run through the model beyond the request's own sequence, by strategy "
+            f"and kind ({', '.join(ExtraTokens)}).",
             [*base, "kind"],
             **kw,
         )
@@ -181,9 +182,11 @@ class Metrics:
     def extra_forward_tokens(self, strategy: str, kind: str, tokens: int) -> None:
         self.extra_tokens.labels(self.model_name, self.label(strategy), kind).inc(tokens)
 
-    def event(self, strategy: str, name: str, count: int = 1) -> None:
-        series = {"rollback": self.rollbacks, "uncoupled_step": self.uncoupled}[name]
-        series.labels(self.model_name, self.label(strategy)).inc(count)
+    def event_series(self) -> dict[Event, Counter]:
+        return {Event.ROLLBACK: self.rollbacks, Event.UNCOUPLED_STEP: self.uncoupled}
+
+    def event(self, strategy: str, name: Event, count: int = 1) -> None:
+        self.event_series()[Event(name)].labels(self.model_name, self.label(strategy)).inc(count)
 
     # Admission control ---------------------------------------------------------------
     def admission_event(self, kind: str, strategy: str) -> None:

@@ -44,7 +44,11 @@ class Served:
 
 
 def start_server(
-    model: Path, log: Path, extra: list[str] | None = None, timeout: float = 300.0
+    model: Path,
+    log: Path,
+    extra: list[str] | None = None,
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
 ) -> Served:
     import httpx
 
@@ -68,7 +72,7 @@ def start_server(
         stdout=fh,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
     served = Served(f"http://127.0.0.1:{port}", str(model), log, proc)
     deadline = time.monotonic() + timeout

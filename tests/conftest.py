@@ -28,3 +28,12 @@ def served(tiny_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = start_server(tiny_llava_dir, log, ["--max-request-bytes", str(4 * 1024 * 1024)])
     yield srv
     stop_server(srv)
+
+
+@pytest.fixture
+def llava_family(monkeypatch: pytest.MonkeyPatch):
+    """Start-up checks on a checkpoint name that is not on disk: the LLaVA-1.5 family."""
+    from decoding.engine import families, frontend
+
+    monkeypatch.setattr(frontend, "model_family", lambda args: families.LLAVA_15)
+    return families.LLAVA_15

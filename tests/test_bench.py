@@ -112,6 +112,23 @@ def test_overhead_ratio_and_lines() -> None:
     assert "0.80x" in text and "125.0" in text
 
 
+def test_compiled_ratios_lines_and_target() -> None:
+    from server.bench_report import compiled_lines, per_strategy_ratio
+
+    compiled = [rec("none", 1, 150.0), rec("none", 16, 380.0), rec("var", 16, 320.0)]
+    none_only = [rec("none", 1, 150.0), rec("none", 16, 400.0)]
+    vs_eager = per_strategy_ratio(compiled, RECORDS)
+    assert vs_eager["none"] == {"1": 1.5, "16": 0.95}
+    info = {"levels": ["1", "16"], "vs_eager": vs_eager,
+            "none_overhead_ratio": overhead_ratio(compiled, none_only)}  # fmt: skip
+    text = compiled_lines(info)
+    assert "c=16" in text and "0.95x" in text
+    rat = {**ratios(RECORDS), "compiled_overhead": {"none": info["none_overhead_ratio"]}}
+    got = [t for t in targets(rat, ["none", "var"]) if t["ratio"] == "compiled_overhead"]
+    assert got == [{"strategy": "none", "ratio": "compiled_overhead", "concurrency": 16,
+                    "minimum": 0.95, "value": 0.95, "status": "MET"}]  # fmt: skip
+
+
 def test_order_and_percentile() -> None:
     assert ordered(["opera", "zeta", "none", "vcd", "none"]) == ["none", "vcd", "opera", "zeta"]
     assert pct([5.0, 1.0, 3.0], 0.5) == 3.0

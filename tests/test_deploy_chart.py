@@ -15,10 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+from decoding.strategies import available  # noqa: E402
 from tests.helm_scripts import load as _load  # noqa: E402
 
 cc = _load("chartcheck")
-ALL_STRATEGIES = ["none", "vcd", "avc", "damro", "opera", "var"]
+ALL_STRATEGIES = available()
 
 
 def server(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,7 +102,10 @@ def test_every_object_has_standard_labels() -> None:
 def test_gpu_requested_and_limited(default_objects: list[dict[str, Any]]) -> None:
     res = server(default_objects)["resources"]
     assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
-    res = server(cc.render({"gpu": {"count": 2}, "engine": {"tensorParallelSize": 2}}))["resources"]
+    tp2 = {"gpu": {"count": 2}, "engine": {"tensorParallelSize": 2}}
+    # Tensor parallelism with the strategies whose hooks are correct on a shard.
+    tp2["strategies"] = {"enabled": ["none", "vcd", "var"]}
+    res = server(cc.render(tp2))["resources"]
     assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "2"
 
 
@@ -224,14 +228,57 @@ def test_server_arguments(default_objects: list[dict[str, Any]]) -> None:
     assert "--speculative-config" not in args and "--no-enable-prefix-caching" not in args
 
 
-@pytest.mark.parametrize("strategy", ["var", "avc", "opera"])
-def test_attention_strategies_get_piecewise_graphs(strategy: str) -> None:
-    args = args_of({"strategies": {"enabled": ["none", strategy]}})
-    assert json.loads(flag(args, "--compilation-config") or "{}") == {"cudagraph_mode": "PIECEWISE"}
+def _chart_graphs(args: list[str]) -> str:
+    if "--enforce-eager" in args:
+        return "NONE"
+    return json.loads(flag(args, "--compilation-config") or "{}").get("cudagraph_mode", "FULL")
 
 
-def test_other_strategies_keep_vllm_graph_default() -> None:
-    args = args_of({"strategies": {"enabled": ["none", "vcd", "damro"]}})
+def _server_outcome(enabled: list[str], argv: list[str], monkeypatch) -> str:  # noqa: ANN001
+    """What the server's start-up makes of a GPU deployment: its graph mode or 'refused'."""
+    from decoding.engine import frontend
+
+    monkeypatch.setattr(frontend, "is_cpu", lambda: False)
+    args = frontend.make_parser("test").parse_args(["--model", "m", *argv])
+    try:
+        frontend.configure_strategies(args, enabled)
+    except frontend.DeploymentError:
+        return "refused"
+    return "NONE" if args.enforce_eager else (frontend._cudagraph_mode(args) or "FULL")
+
+
+def _chart_outcome(values: dict[str, Any]) -> str:
+    try:
+        return _chart_graphs(args_of(values))
+    except helm.HelmError:
+        return "refused"
+
+
+CHART_CASES = [
+    ({}, []),
+    ({"engine": {"speculativeConfig": {"method": "ngram"}}}, ["-sc", '{"method": "ngram"}']),
+    ({"engine": {"prefixCaching": False}}, ["--no-enable-prefix-caching"]),
+    ({"engine": {"tensorParallelSize": 2}, "gpu": {"count": 2}}, ["--tensor-parallel-size", "2"]),
+    ({"engine": {"cudagraphMode": "FULL"}}, ["-cc", '{"cudagraph_mode": "FULL"}']),
+    ({"engine": {"cudagraphMode": "PIECEWISE"}}, ["-cc", '{"cudagraph_mode": "PIECEWISE"}']),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+@pytest.mark.parametrize(("values", "argv"), CHART_CASES)
+def test_chart_and_server_apply_the_same_engine_rules(
+    strategy, values, argv, monkeypatch, llava_family
+) -> None:  # noqa: ANN001
+    """One source of rules (the declarations): for each strategy and each engine setting the
+    chart and the server both refuse the deployment or pick the same CUDA-graph mode."""
+    enabled = sorted({"none", strategy}, key=ALL_STRATEGIES.index)
+    chart = _chart_outcome({**values, "strategies": {"enabled": enabled}})
+    assert chart == _server_outcome(enabled, argv, monkeypatch)
+
+
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+def test_strategies_keep_compilation_and_cuda_graphs(strategy: str) -> None:
+    args = args_of({"strategies": {"enabled": sorted({"none", strategy})}})
     assert "--compilation-config" not in args and "--enforce-eager" not in args
 
 
@@ -241,10 +288,8 @@ def test_enforce_eager_replaces_compilation_config() -> None:
 
 
 @pytest.mark.parametrize("mode", ["FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"])
-def test_full_cuda_graphs_refused_with_attention_strategies(mode: str) -> None:
-    message = render_error({"engine": {"cudagraphMode": mode}})
-    assert "FULL CUDA graphs" in message and "var" in message
-    args = args_of({"engine": {"cudagraphMode": mode}, "strategies": {"enabled": ["none", "vcd"]}})
+def test_every_cuda_graph_mode_is_accepted_with_every_strategy(mode: str) -> None:
+    args = args_of({"engine": {"cudagraphMode": mode}})
     assert json.loads(flag(args, "--compilation-config") or "{}") == {"cudagraph_mode": mode}
     args = args_of({"engine": {"cudagraphMode": mode, "enforceEager": True}})
     assert "--enforce-eager" in args
@@ -261,7 +306,7 @@ def test_speculative_decoding_only_with_plain_decoding() -> None:
 
 
 def test_opera_needs_prefix_caching() -> None:
-    assert "opera needs prefix caching" in render_error({"engine": {"prefixCaching": False}})
+    assert "opera need prefix caching" in render_error({"engine": {"prefixCaching": False}})
     args = args_of({"engine": {"prefixCaching": False}, "strategies": {"enabled": ["none", "vcd"]}})
     assert "--no-enable-prefix-caching" in args
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from decoding.engine.client import DECODING_KEY
 from decoding.strategies import DecodingParamError, available, resolve
+from decoding.wire import DECODING_KEY
 from server.decoding_api import RequestRejected, admit
 
 
@@ -92,10 +92,10 @@ def test_admit_carries_full_parameter_set_for_non_baseline() -> None:
 def test_server_strategy_list() -> None:
     from server.cli import parse_strategies
 
-    enabled, unserved = parse_strategies("all")
-    assert enabled[0] == "none" and not set(enabled) & set(unserved)
-    assert set(enabled) | set(unserved) == set(available())
-    assert parse_strategies("none")[0] == ["none"]
+    assert parse_strategies("all") == available()
+    assert parse_strategies("none") == ["none"]
+    # Registry order and none first, whatever order the flag lists them in.
+    assert parse_strategies("var,vcd") == ["none", "vcd", "var"]
     with pytest.raises(SystemExit, match="unknown strategy 'halc'"):
         parse_strategies("none,halc")
 

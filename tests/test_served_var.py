@@ -11,7 +11,6 @@ a tolerance far below VAR's own effect on them, and checks that the effect is th
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +19,9 @@ import pytest
 import torch
 
 from decoding.cores import var as var_core
-from decoding.engine.runners import var as var_runner
-from decoding.engine.worker.rows import ENGINE_KEY
-from decoding.engine.worker.var import edit_probs
+from decoding.engine.runners import single as single_runner
 from decoding.testing import parity
+from decoding.wire import ENGINE_KEY, VarSettings, decode_engine
 
 MAX_TOKENS = 32
 VAR = {"strategy": "var"}
@@ -91,14 +89,17 @@ def gap(a: Answer, b: Answer) -> float:
     return max(diffs)
 
 
-def check_parity(answers: list[Answer], refs: list[Any], label: str) -> list[parity.Verdict]:
+def check_parity(
+    answers: list[Answer], refs: list[Any], label: str, cases: list[parity.Case] | None = None
+) -> list[parity.Verdict]:
+    cases = CASES if cases is None else cases
     verdicts = [
-        parity.compare(c, a.token_ids, r) for c, a, r in zip(CASES, answers, refs, strict=True)
+        parity.compare(c, a.token_ids, r) for c, a, r in zip(cases, answers, refs, strict=True)
     ]
     failures, ties = parity.judge(verdicts)
-    print(f"VAR parity ({label}): {len(CASES)} cases, {len(ties)} ties {parity.describe(ties)}")
+    print(f"VAR parity ({label}): {len(cases)} cases, {len(ties)} ties {parity.describe(ties)}")
     assert not failures, parity.describe(failures)
-    for case, answer, ref, verdict in zip(CASES, answers, refs, verdicts, strict=True):
+    for case, answer, ref, verdict in zip(cases, answers, refs, verdicts, strict=True):
         if verdict.equal:
             diff = gap(answer, _of(ref))
             assert diff < LOGPROB_TOL, (label, case, diff)
@@ -219,77 +220,43 @@ def test_var_without_image_is_400(served) -> None:  # noqa: ANN001
 # --- units -------------------------------------------------------------------------------
 
 
-def _core_edit(probs, image, sinks, p, rho, summ):  # noqa: ANN001, ANN202
-    rows = var_core.select_rows(probs, image, sinks & image, rho, summ)
-    out = var_core.redistribute(probs, rows, sinks, image, p)
-    ok = rows & ((probs * (image & ~sinks)).sum(-1) > 0)
-    return out, ok
-
-
-def test_batched_edit_equals_the_core_per_request() -> None:
-    gen = torch.Generator().manual_seed(0)
-    heads, queries, keys = 3, 2, 12
-    # Request 0: visual sinks; 1: text sink only (no edit); 2: a row without attention on
-    # non-sink image tokens; per-request parameters.
-    image = torch.zeros(3, keys, dtype=torch.bool)
-    image[:, 2:9] = True
-    sinks = torch.zeros(3, keys, dtype=torch.bool)
-    sinks[0, [0, 3, 5]] = True
-    sinks[1, 0] = True
-    sinks[2, [0, 4]] = True
-    logits = torch.randn(3, heads, queries, keys, generator=gen) * 2
-    logits[0, :, :, 2:9] += 2.0  # image-centric rows in request 0
-    logits[2, 0, 0, 2:9] = -float("inf")
-    logits[2, 0, 0, 4] = 5.0  # all image attention on the visual sink
-    probs = torch.softmax(logits, dim=-1)
-    params = [(0.4, 0.5, 0.2), (0.9, 0.0, 0.0), (1.0, 0.1, 0.05)]  # (p, rho, summ)
-    p, _, summ = (torch.tensor(v, dtype=torch.float32) for v in zip(*params, strict=True))
-    got, changed = edit_probs(
-        probs, image, sinks, p, torch.tensor([1.0 - r for _, r, _ in params]), summ
-    )
-    for r, (pr, rh, sm) in enumerate(params):
-        want, ok = _core_edit(probs[r], image[r], sinks[r], pr, rh, sm)
-        assert torch.equal(changed[r], ok)
-        torch.testing.assert_close(got[r], want, rtol=0, atol=1e-7)
-    assert changed[0].any() and not changed[1].any() and not changed[2, 0, 0]
-    torch.testing.assert_close(got.sum(-1), torch.ones(3, heads, queries))
-
-
 def test_runner_request_settings(tiny_llava_dir) -> None:  # noqa: ANN001
     from transformers import AutoConfig
     from vllm.sampling_params import SamplingParams
 
-    cfg = AutoConfig.from_pretrained(tiny_llava_dir)
-    model = var_runner.model_settings(cfg)
-    assert model == {"dims": [17, 93], "tau": 6.0, "layers": [1, 2], "image_token_id": 4}
-    params = {"p": 0.4, "rho": 0.5, "tau": None, "summ": 0.2}
-    settings = var_runner.engine_settings(params, model)
-    assert settings["kind"] == "var" and settings["tau"] == 6.0
-    assert var_runner.engine_settings({**params, "tau": 3.0}, model)["tau"] == 3.0
+    from decoding.profiles import profile_for
+    from decoding.strategies import get_strategy
+
+    var = get_strategy("var")
+    profile = profile_for(AutoConfig.from_pretrained(tiny_llava_dir))
+    settings = var.engine_settings(var.Params(), profile, 4)
+    assert settings == VarSettings(
+        strategy="var", p=0.4, rho=0.5, summ=0.2, tau=6.0, dims=(17, 93), layers=(1, 2),
+        image_token_id=4,
+    )  # fmt: skip
+    assert var.engine_settings(var.Params(tau=3.0), profile, 4).tau == 3.0
+    # The last decoder layer is never edited: layers past the model's are dropped.
+    assert var.engine_settings(var.Params(), profile, 2).layers == (1,)
     sp = SamplingParams(max_tokens=4, extra_args={"user_key": 1})
     prompt = {"prompt_token_ids": [1, 2], "cache_salt": "tenant"}
-    new_prompt, new_sp = var_runner.engine_request(prompt, sp, settings)
+    new_prompt, new_sp = single_runner.engine_request(prompt, sp, settings, private_kv=True)
     # Sinks need the whole prompt computed; VAR's KV must never serve other requests.
     assert new_sp.skip_reading_prefix_cache is True
-    assert new_prompt["cache_salt"] == "tenant:lucid-var"
-    assert var_runner.engine_request({"prompt_token_ids": [1]}, sp, settings)[0]["cache_salt"]
+    assert new_prompt["cache_salt"] == f"tenant:{single_runner.SALT}"
+    assert single_runner.engine_request({"prompt_token_ids": [1]}, sp, settings, True)[0][
+        "cache_salt"
+    ]
     assert new_sp.extra_args["user_key"] == 1
-    assert json.loads(new_sp.extra_args[ENGINE_KEY]) == settings
+    assert decode_engine(new_sp.extra_args[ENGINE_KEY]) == settings
     # The caller's objects are not modified.
     assert sp.extra_args == {"user_key": 1} and prompt["cache_salt"] == "tenant"
 
 
-def _var_config(p: float = 0.4, rho: float = 0.5, summ: float = 0.2) -> dict[str, Any]:
-    return {
-        "kind": "var",
-        "p": p,
-        "rho": rho,
-        "summ": summ,
-        "tau": 6.0,
-        "dims": [1, 5],
-        "layers": [1, 2],
-        "image_token_id": 9,
-    }
+def _var_config(p: float = 0.4, rho: float = 0.5, summ: float = 0.2) -> VarSettings:
+    return VarSettings(
+        strategy="var", p=p, rho=rho, summ=summ, tau=6.0, dims=(1, 5), layers=(1, 2),
+        image_token_id=9,
+    )  # fmt: skip
 
 
 def test_worker_step_on_a_paged_cache() -> None:
@@ -385,19 +352,19 @@ def test_worker_step_on_a_paged_cache() -> None:
             pos = seq[r] - (starts[r + 1] - tok)
             for h in range(heads):
                 got, old = out[tok, h], before[tok, h]
-                if cfg["p"] == 0.0 or pos <= image_end:
+                if cfg.p == 0.0 or pos <= image_end:
                     assert torch.equal(got, old)
                     continue
                 k = keys[r][: pos + 1, h // (heads // kv_heads)]
                 v = values[r][: pos + 1, h // (heads // kv_heads)]
                 probs = torch.softmax(query[tok, h] @ k.T * Impl.scale, dim=-1)
                 img, snk = image[: pos + 1], sinks[: pos + 1]
-                sel = var_core.select_rows(probs, img, snk & img, cfg["rho"], cfg["summ"])
+                sel = var_core.select_rows(probs, img, snk & img, cfg.rho, cfg.summ)
                 if not bool(sel) or not bool((probs * (img & ~snk)).sum() > 0):
                     assert torch.equal(got, old)
                     continue
                 edited += 1
-                new = var_core.redistribute(probs, sel, snk, img, cfg["p"]) @ v
+                new = var_core.redistribute(probs, sel, snk, img, cfg.p) @ v
                 torch.testing.assert_close(got, new, rtol=1e-5, atol=1e-5)
     assert edited >= 4
 
@@ -425,14 +392,16 @@ def test_cpu_cache_reads_back_what_the_kernel_wrote(isa: str) -> None:
         assert torch.equal(k[b, :, o], keys[t]) and torch.equal(v[b, :, o], values[t])
 
 
-def test_gpu_deployments_run_var_eagerly_and_say_so(monkeypatch) -> None:  # noqa: ANN001
+def test_gpu_deployments_keep_compilation_and_say_how_steps_run(monkeypatch, llava_family) -> None:  # noqa: ANN001
     from decoding.engine import frontend
 
     monkeypatch.setattr(frontend, "is_cpu", lambda: False)
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     args = frontend.make_parser("test").parse_args(["--model", "m"])
-    assert not args.enforce_eager
     notes = frontend.configure_strategies(args, ["none", "var"])
-    assert args.enforce_eager
-    assert any(n.startswith("enforce_eager=True") and "var" in n for n in notes), notes
-    assert "VLLM_USE_V2_MODEL_RUNNER=0" in notes
+    assert not args.enforce_eager and frontend._cudagraph_mode(args) is None
+    assert any(n.startswith("VLLM_USE_V2_MODEL_RUNNER=0") for n in notes), notes
+    summary = frontend.execution_summary(args, ["none", "var"])
+    assert summary["compiled"] and "V1" in summary["model_runner"]
+    assert any("skip_compiled" in mode for mode in summary["steps"].values())
+    assert "FULL" in summary["steps"]["plain"]

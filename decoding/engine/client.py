@@ -4,107 +4,46 @@ vLLM's OpenAI serving layer calls ``engine_client.generate(prompt, sampling_para
 request_id, ...)`` after it has templated the chat, loaded the images and built the
 sampling parameters. :class:`StrategyEngineClient` wraps vLLM's ``AsyncLLM`` and, for that
 one call, reads the validated ``decoding`` object that the HTTP layer put into
-``sampling_params.extra_args`` and hands the request to the served strategy's runner.
-Everything else is delegated unchanged.
+``sampling_params.extra_args`` (:data:`decoding.wire.DECODING_KEY`), validates it into
+the strategy's parameter object and hands the request to the runner the strategy's
+declaration names. Everything else is delegated unchanged.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
 from decoding.engine.pacing import engine_for
-from decoding.tally import current_tally
+from decoding.engine.runner import (
+    RunContext,
+    Runner,
+    StrategyFault,
+    StrategyObserver,
+    runners,
+)
+from decoding.strategies import Decoding, resolve
+from decoding.wire import DECODING_KEY, decode_decoding
 
-#: Key in ``vllm_xargs`` / ``SamplingParams.extra_args`` carrying the validated
-#: ``decoding`` object as JSON (vLLM's extra args are flat, so a nested dict cannot ride).
-DECODING_KEY = "lucid_decoding"
-
-
-class StrategyObserver(Protocol):
-    """Receives per-request facts for metrics; implemented by the server."""
-
-    def request_finished(
-        self,
-        strategy: str,
-        *,
-        ttft: float | None,
-        e2e: float,
-        finish_reason: str,
-        generation_tokens: int,
-    ) -> None: ...
-
-    def extra_forward_tokens(self, strategy: str, kind: str, tokens: int) -> None: ...
-
-    def event(self, strategy: str, name: str, count: int = 1) -> None: ...
+log = logging.getLogger("lucid.engine")
 
 
-Runner = Callable[..., AsyncGenerator[RequestOutput, None]]
-_RUNNERS: dict[str, Runner] = {}
-
-
-def register_runner(name: str) -> Callable[[Runner], Runner]:
-    """Register the served implementation of strategy ``name``.
-
-    A runner is ``async def run(ctx: RunContext, prompt, sampling_params, request_id,
-    params: dict, **kwargs)`` yielding ``RequestOutput`` objects, exactly like
-    ``EngineClient.generate``.
-    """
-
-    def deco(fn: Runner) -> Runner:
-        _RUNNERS[name] = fn
-        return fn
-
-    return deco
-
-
-def served_strategies() -> list[str]:
-    _load_runners()
-    return list(_RUNNERS)
-
-
-def _load_runners() -> None:
-    # Importing the package registers the built-in runners.
-    import decoding.engine.runners  # noqa: F401
-
-
-class RunContext:
-    """What a runner gets: the raw engine and the observer, tagged with its strategy."""
-
-    def __init__(self, engine: Any, observer: StrategyObserver | None, strategy: str) -> None:
-        self.engine = engine
-        self.observer = observer
-        self.strategy = strategy
-        #: The HTTP request's own tally (``usage.decoding``); None outside a request.
-        self.tally = current_tally()
-
-    def extra_tokens(self, kind: str, tokens: int) -> None:
-        if self.tally is not None and tokens:
-            self.tally.add_tokens(kind, tokens)
-        if self.observer is not None and tokens:
-            self.observer.extra_forward_tokens(self.strategy, kind, tokens)
-
-    def event(self, name: str, count: int = 1) -> None:
-        if self.tally is not None and count:
-            self.tally.add_event(name, count)
-        if self.observer is not None and count:
-            self.observer.event(self.strategy, name, count)
-
-
-def pop_decoding(sampling_params: SamplingParams) -> dict[str, Any]:
-    """Take our ``decoding`` object out of ``extra_args`` (``{}`` when absent)."""
+def pop_decoding(sampling_params: SamplingParams) -> Decoding:
+    """Take the ``decoding`` object out of ``extra_args`` (``none`` when absent)."""
     extra = sampling_params.extra_args
     if not extra or DECODING_KEY not in extra:
-        return {}
+        return resolve(None)
     raw = extra.pop(DECODING_KEY)
     if not extra:
         sampling_params.extra_args = None
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    name, params = decode_decoding(raw)
+    # Validated at admission already; this gives the runner the typed parameter object.
+    return resolve({"strategy": name, **params})
 
 
 class StrategyEngineClient:
@@ -113,7 +52,7 @@ class StrategyEngineClient:
     def __init__(self, engine: Any, observer: StrategyObserver | None = None) -> None:
         self._engine = engine
         self._observer = observer
-        _load_runners()
+        self._runners: dict[str, Runner] = runners()
 
     @property
     def engine(self) -> Any:
@@ -129,16 +68,18 @@ class StrategyEngineClient:
         request_id: str,
         **kwargs: Any,
     ) -> AsyncGenerator[RequestOutput, None]:
-        params = (
-            pop_decoding(sampling_params) if isinstance(sampling_params, SamplingParams) else {}
-        )
-        name = params.pop("strategy", "none")
-        runner = _RUNNERS.get(name)
+        if isinstance(sampling_params, SamplingParams):
+            decoding = pop_decoding(sampling_params)
+        else:
+            decoding = resolve(None)
+        strategy = decoding.strategy
+        runner = self._runners.get(strategy.runner_name())
         if runner is None:
-            raise ValueError(f"strategy {name!r} has no served implementation")
-        ctx = RunContext(engine_for(name, self._engine), self._observer, name)
-        gen = runner(ctx, prompt, sampling_params, request_id, params, **kwargs)
-        async for out in self._observe(name, gen):
+            # Start-up checks make this unreachable for enabled strategies.
+            raise StrategyFault(strategy.name, f"no runner {strategy.runner_name()!r}")
+        ctx = RunContext(engine_for(strategy.name, self._engine), strategy, self._observer)
+        gen = runner(ctx, prompt, sampling_params, request_id, decoding.params, **kwargs)
+        async for out in self._observe(strategy.name, gen):
             yield out
 
     async def _observe(
@@ -156,6 +97,10 @@ class StrategyEngineClient:
                 yield out
             if final is not None and final.outputs:
                 reason = str(final.outputs[0].finish_reason or "stop")
+        except StrategyFault as exc:
+            reason = "error"
+            log.error("%s", exc)
+            raise
         except Exception:
             reason = "error"
             raise

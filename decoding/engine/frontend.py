@@ -28,7 +28,11 @@ from vllm.entrypoints.launchers.launcher import serve_http, setup_server
 from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-from decoding.engine.client import StrategyEngineClient, StrategyObserver
+from decoding.engine.client import StrategyEngineClient
+from decoding.engine.families import Family, UnsupportedModel, family_for
+from decoding.engine.runner import StrategyObserver
+from decoding.strategies import get_strategy
+from decoding.strategies.rules import deployment_errors, rules_for
 
 AppHook = Callable[[Any, StrategyEngineClient, argparse.Namespace], Awaitable[None] | None]
 
@@ -59,7 +63,8 @@ def apply_platform_defaults(args: argparse.Namespace, argv: list[str]) -> list[s
         return any(a == flag or a.startswith(flag + "=") for a in argv)
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    if not given("--enforce-eager"):
+    compiled = any(given(f) for f in ("--no-enforce-eager", "--compilation-config", "-cc", "-O"))
+    if not given("--enforce-eager") and not compiled:
         args.enforce_eager = True
         notes.append("enforce_eager=True")
     if not given("--dtype"):
@@ -71,59 +76,136 @@ def apply_platform_defaults(args: argparse.Namespace, argv: list[str]) -> list[s
     return notes
 
 
-#: vLLM's default ``--max-logprobs``; raised when OPERA is enabled (unless set otherwise).
-OPERA_DEFAULT_MAX_LOGPROBS = 20
+#: vLLM's default ``--max-logprobs``; raised when a strategy needs more (unless set).
+DEFAULT_MAX_LOGPROBS = 20
 
 #: Logits processor that tells engine-side code which request each batch row is.
 ROWS_PROCESSOR = "decoding.engine.worker.rows:StepRows"
 
 
+class DeploymentError(SystemExit):
+    """Engine settings that cannot serve the enabled strategies correctly."""
+
+
+def check_served(enabled: list[str]) -> None:
+    """Every enabled strategy has its runner, and every hook its requests need is
+    registered in the engine's worker modules (else start-up fails, naming both)."""
+    from decoding.engine.runner import runners
+    from decoding.engine.worker import hooks
+    from decoding.engine.worker.plugin import load_worker_modules
+
+    load_worker_modules()
+    served = runners()
+    problems = []
+    for name in enabled:
+        decl = get_strategy(name)
+        if decl.runner_name() not in served:
+            problems.append(
+                f"strategy {name!r} names runner {decl.runner_name()!r}, which is not "
+                f"registered (runners: {', '.join(sorted(served))})"
+            )
+        gone = hooks.missing(decl.engine.hooks)
+        if gone:
+            problems.append(
+                f"strategy {name!r} needs engine hooks "
+                f"{', '.join(f'{m}.{p}' for m, p in sorted(gone))}, which no worker module "
+                "registers"
+            )
+    if problems:
+        raise DeploymentError("cannot serve the enabled strategies: " + "; ".join(problems))
+
+
+def model_family(args: argparse.Namespace) -> Family:
+    """The family adapter of the checkpoint ``args`` serve (its ``config.json``)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            args.model,
+            revision=getattr(args, "revision", None),
+            trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+        )
+    except (OSError, ValueError) as exc:
+        raise DeploymentError(
+            f"strategies need the checkpoint's model family, but its config could not be "
+            f"read ({exc}); serve it with --strategies none"
+        ) from None
+    try:
+        return family_for(config)
+    except UnsupportedModel as exc:
+        raise DeploymentError(str(exc)) from None
+
+
+def _cudagraph_mode(args: argparse.Namespace) -> str | None:
+    cc = getattr(args, "compilation_config", None)
+    mode = cc.get("cudagraph_mode") if isinstance(cc, dict) else getattr(cc, "cudagraph_mode", None)
+    if mode is None:
+        return None
+    return str(getattr(mode, "name", mode))
+
+
 def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[str]:
-    """Engine settings the served strategies need; returns notes for the start-up log.
-
-    Any strategy besides ``none`` runs on ``LucidLlava`` (vLLM's LLaVA plus hooks) and needs
-    the row-carrier logits processor, which only vLLM's V1 model runner supports: GPUs are
-    pinned to it (the CPU build always uses it). Attention hooks are Python code that a
-    full CUDA graph would skip, so GPU deployments with strategies run eagerly.
-    """
-    if enabled == ["none"]:
+    """Engine settings the enabled strategies need (:mod:`decoding.strategies.rules`);
+    returns notes for the start-up log, and raises :class:`DeploymentError` for settings
+    that would give wrong answers (speculative decoding, tensor parallelism, no prefix
+    caching). CUDA graphs and torch.compile stay on: the engine picks each step's mode
+    from the rows it holds (:mod:`decoding.engine.worker.graphs`)."""
+    rules = rules_for(enabled)
+    errors = deployment_errors(
+        rules,
+        speculative=bool(getattr(args, "speculative_config", None)),
+        tensor_parallel_size=int(getattr(args, "tensor_parallel_size", 1) or 1),
+        prefix_caching=getattr(args, "enable_prefix_caching", None),
+        cudagraph_mode=_cudagraph_mode(args),
+    )
+    if errors:
+        raise DeploymentError("; ".join(errors))
+    if not rules.hooked:
         return []
-    from decoding.engine.worker.model import ARCHITECTURE
-
-    notes = [f"architecture={ARCHITECTURE}"]
+    check_served(enabled)
+    family = model_family(args)
+    notes = [f"family={family.name}", f"architecture={family.hooked_architecture}"]
     overrides = args.hf_overrides
     if isinstance(overrides, str):
         overrides = json.loads(overrides) if overrides.strip() else {}
-    args.hf_overrides = {**(overrides or {}), "architectures": [ARCHITECTURE]}
+    args.hf_overrides = {**(overrides or {}), "architectures": [family.hooked_architecture]}
     # Runners copy the image inputs into their contrast requests, so the API process must
     # keep them: its multimodal processor cache would strip repeated images to a hash.
     if getattr(args, "mm_processor_cache_gb", 0):
         args.mm_processor_cache_gb = 0
         notes.append("mm_processor_cache_gb=0")
-    if "opera" in enabled and args.max_logprobs == OPERA_DEFAULT_MAX_LOGPROBS:
-        # OPERA's look-aheads return their attention over the answer as log-probabilities
-        # (decoding.engine.worker.opera); -1 bounds them by the vocabulary instead of 20.
-        args.max_logprobs = -1
-        notes.append("max_logprobs=-1 (OPERA look-ahead probes)")
-    if "opera" in enabled and is_cpu() and args.block_size is None:
-        # OPERA resubmits prompt + beam every step and the prefix cache only reuses full
-        # blocks: the CPU default of 128 re-runs up to 127 tokens per look-ahead (32 is the
-        # CPU kernels' smallest block; ~3x OPERA and beam-search throughput on the tiny model).
-        args.block_size = 32
-        notes.append("block_size=32 (prefix-cache reuse for OPERA's resubmissions)")
+    if rules.max_logprobs is not None and args.max_logprobs == DEFAULT_MAX_LOGPROBS:
+        args.max_logprobs = rules.max_logprobs
+        notes.append(f"max_logprobs={rules.max_logprobs} (strategy probes return as logprobs)")
+    if rules.cpu_block_size and is_cpu() and args.block_size is None:
+        # Resubmitted prefixes hit the prefix cache only in full blocks: the CPU default of
+        # 128 re-runs up to 127 tokens per resubmission.
+        args.block_size = rules.cpu_block_size
+        notes.append(f"block_size={rules.cpu_block_size} (prefix-cache reuse)")
     procs = list(args.logits_processors or [])
     if ROWS_PROCESSOR not in procs:
         args.logits_processors = [*procs, ROWS_PROCESSOR]
     if not is_cpu():
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-        notes.append("VLLM_USE_V2_MODEL_RUNNER=0")
-        if not args.enforce_eager:
-            args.enforce_eager = True
-            notes.append(
-                "enforce_eager=True (the attention and residual-stream hooks of avc, opera "
-                "and var run in Python every step; CUDA graphs would skip them)"
-            )
+        notes.append("VLLM_USE_V2_MODEL_RUNNER=0 (the row carrier is a V1 logits processor)")
     return notes
+
+
+def execution_summary(args: argparse.Namespace, enabled: list[str]) -> dict[str, Any]:
+    """How steps run on this deployment (start-up log and ``/version``)."""
+    compiled = not args.enforce_eager
+    if not rules_for(enabled).hooked:
+        return {"compiled": compiled, "steps": {"plain": "as vLLM configures it"}}
+    from decoding.engine.worker.graphs import STEP_MODES
+
+    steps = STEP_MODES if compiled else {kind: "eager" for kind in STEP_MODES}
+    if is_cpu():  # no CUDA graphs on CPU
+        steps = {kind: mode.split(";")[0] for kind, mode in steps.items()}
+    return {
+        "compiled": compiled,
+        "model_runner": "V1 (the row carrier is a V1 logits processor; V2 not supported yet)",
+        "steps": steps,
+    }
 
 
 def validate_args(args: argparse.Namespace) -> None:

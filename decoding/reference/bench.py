@@ -16,14 +16,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("none", "vcd", "avc", "damro", "opera", "var")
 PROMPT = "Describe the image."
+
+
+def all_strategies() -> list[str]:
+    """Every declared strategy (the reference engine runs all of them)."""
+    from decoding.strategies import available
+
+    return available()
 
 
 def run(
     model: Any,
     processor: Any,
-    strategies: tuple[str, ...] = STRATEGIES,
+    strategies: list[str] | tuple[str, ...] | None = None,
     requests: int = 4,
     max_new_tokens: int = 32,
     model_name: str = "",
@@ -34,7 +40,7 @@ def run(
     size = processor.image_processor.crop_size.get("height")
     images = [load_image(f"synthetic:{i}", size) for i in range(requests)]
     records = []
-    for name in strategies:
+    for name in strategies or all_strategies():
         decoding = {"strategy": name}
         reference_generate(model, processor, images[0], PROMPT, decoding, max_new_tokens=4)
         tokens, start = 0, time.perf_counter()
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("build/bench-reference.json"))
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", default=None, help="comma-separated; default: all")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args(argv)
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     records = run(
         model,
         processor,
-        tuple(s for s in args.strategies.split(",") if s),
+        [s for s in (args.strategies or "").split(",") if s] or None,
         args.requests,
         args.max_new_tokens,
         model_name=str(model_dir),

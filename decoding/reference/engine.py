@@ -32,12 +32,13 @@ import torch
 from decoding.cores import avc as avc_core
 from decoding.cores import damro as damro_core
 from decoding.cores import var as var_core
-from decoding.cores import vcd as vcd_core
 from decoding.cores.contrastive import Choice, choose, contrast_logits, forced_choice
 from decoding.profiles import ModelProfile, profile_for
 from decoding.reference.attention import decoder_attention_modules, lucid_attention
 from decoding.reference.inputs import PromptInputs, encode, eos_ids, image_features, splice
 from decoding.strategies import Decoding, resolve
+from decoding.strategies.base import Family, Strategy
+from decoding.strategies.contrast import BlindTokens, OutlierTokens, PixelContrast
 
 
 @dataclass
@@ -92,9 +93,12 @@ def _clean_embeds(model: Any, inputs: PromptInputs) -> tuple[torch.Tensor, torch
 # --- contrast inputs -------------------------------------------------------------------
 
 
-def _vcd_contrast(model: Any, inputs: PromptInputs, params: Any, info: dict) -> torch.Tensor:
-    noised = vcd_core.add_diffusion_noise(inputs.pixel_values, params.noise_step, params.noise_seed)
-    return splice(model, inputs.input_ids, image_features(model, noised))
+def _pixel_contrast(
+    model: Any, inputs: PromptInputs, form: PixelContrast, params: Any
+) -> torch.Tensor:
+    """The prompt with each image's pixels transformed (VCD: diffusion noise)."""
+    pixels = torch.stack([form.transform(px, params) for px in inputs.pixel_values])
+    return splice(model, inputs.input_ids, image_features(model, pixels))
 
 
 def avc_image_attention(
@@ -145,13 +149,13 @@ def _damro_contrast(
     model: Any,
     inputs: PromptInputs,
     feats: torch.Tensor,
-    params: Any,
+    top_k: int,
     profile: ModelProfile,
     info: dict,
 ) -> torch.Tensor:
     q, k = vision_qk(model, inputs.pixel_values, profile.vision_feature_layer)
     scores = damro_core.cls_patch_attention(q, k)
-    outliers = damro_core.top_outliers(scores, params.top_k)
+    outliers = damro_core.top_outliers(scores, top_k)
     info["damro_outliers"] = outliers.tolist()
     ids = inputs.input_ids[0]
     first, last = int(inputs.image_positions[0]), int(inputs.image_positions[-1])
@@ -267,7 +271,7 @@ def reference_generate(
     inputs = encode(model, processor, image, prompt, profile.image_token_id)
     stop = eos_ids(model, processor)
     info: dict[str, Any] = {}
-    if name == "opera":
+    if dec.strategy.family == Family.BEAM_SEARCH:
         from decoding.reference.opera import opera_generate
 
         with lucid_attention(model):
@@ -280,7 +284,7 @@ def reference_generate(
             tokens, logprobs, margins, finish = _decode(
                 model,
                 inputs,
-                name,
+                dec.strategy,
                 params,
                 profile,
                 stop,
@@ -307,7 +311,7 @@ def reference_generate(
 def _decode(
     model: Any,
     inputs: PromptInputs,
-    name: str,
+    strategy: type[Strategy],
     params: Any,
     profile: ModelProfile,
     stop: set[int],
@@ -320,17 +324,22 @@ def _decode(
 ) -> tuple[list[int], list[float], list[float], str]:
     clean_embeds, feats = _clean_embeds(model, inputs)
     clean = Branch(model, clean_embeds)
-    var_state = VARState(model, inputs, params, profile) if name == "var" else None
+    # The edit is chosen by the strategy's family and its own parameters, not by the
+    # served path's engine settings: the reference stays an independent oracle.
+    edits = strategy.family == Family.ATTENTION_EDIT
+    var_state = VARState(model, inputs, params, profile) if edits else None
+    form = strategy.contrast if strategy.family == Family.CONTRASTIVE else None
     try:
-        logits, out = clean.prefill(output_attentions=name == "avc")
+        logits, out = clean.prefill(output_attentions=isinstance(form, BlindTokens))
         contrast: Branch | None = None
-        alpha = getattr(params, "alpha", 0.0) if name in ("vcd", "avc", "damro") else 0.0
-        if name == "avc":  # blind tokens are reported even when alpha is 0
+        alpha = params.alpha if form is not None else 0.0
+        if isinstance(form, BlindTokens):  # blind tokens are reported even when alpha is 0
             contrast_embeds = _avc_contrast(clean_embeds, out, inputs, params, info)
-        elif name == "damro":
-            contrast_embeds = _damro_contrast(model, inputs, feats, params, profile, info)
-        elif name == "vcd" and alpha != 0.0:
-            contrast_embeds = _vcd_contrast(model, inputs, params, info)
+        elif isinstance(form, OutlierTokens):
+            top_k = form.count(params)
+            contrast_embeds = _damro_contrast(model, inputs, feats, top_k, profile, info)
+        elif isinstance(form, PixelContrast) and alpha != 0.0:
+            contrast_embeds = _pixel_contrast(model, inputs, form, params)
         del out
         c_logits = None
         if alpha != 0.0:
@@ -345,7 +354,7 @@ def _decode(
         for step in range(max_new_tokens):
             if contrast is not None:
                 scores = contrast_logits(logits, c_logits, alpha, params.beta)
-            elif name in ("vcd", "avc", "damro"):
+            elif form is not None:
                 scores = contrast_logits(logits, logits, 0.0, params.beta)
             else:
                 scores = logits

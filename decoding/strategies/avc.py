@@ -4,25 +4,51 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from decoding.strategies.base import CONTRASTIVE_UNSUPPORTED, Strategy, StrategyParams
+from decoding.strategies import contrast
+from decoding.strategies.base import (
+    CONTRASTIVE_REJECTS,
+    BenchTarget,
+    Family,
+    Graphs,
+    Strategy,
+    StrategyParams,
+    pair_needs,
+    param,
+)
 from decoding.strategies.registry import register_strategy
+from decoding.wire import ATTENTION, FORWARD
+
+SRC = "sangminwoo/AvisC 772eba49 eval_bench/pope_eval_llavab.py:79-85, eval_bench/scripts/*.sh"
 
 
 class AVCParams(StrategyParams):
     """AVC parameters; defaults are the official POPE setting for LLaVA-1.5."""
 
-    #: Contrast strength (AMBER / LLaVA-Bench use 2.5); 0 = plain decoding.
-    alpha: float = Field(default=1.0, ge=0.0, le=10.0)
-    #: Plausibility cutoff on the clean logits.
-    beta: float = Field(default=0.1, ge=0.0, le=1.0)
-    #: Layer selection: the top layers covering this share of the image attention.
-    gamma: float = Field(default=0.5, gt=0.0, le=1.0)
-    #: Blind tokens have attention >= mean + lamb * std.
-    lamb: float = Field(default=1.0, ge=-10.0, le=10.0)
-    #: Value written into the non-blind image embeddings of the contrast input.
-    mask: Literal["zeros", "ones"] = "zeros"
+    alpha: float = param(
+        1.0,
+        "Contrast strength (AMBER / LLaVA-Bench use 2.5); 0 = plain decoding.",
+        SRC,
+        ge=0.0,
+        le=10.0,
+    )
+    beta: float = param(0.1, "Plausibility cutoff on the clean logits.", SRC, ge=0.0, le=1.0)
+    gamma: float = param(
+        0.5,
+        "Layer selection: the top layers covering this share of the image attention.",
+        SRC,
+        gt=0.0,
+        le=1.0,
+    )
+    lamb: float = param(
+        1.0,
+        "Blind tokens have attention >= mean + lamb * std (the python default is 0.99).",
+        SRC,
+        ge=-10.0,
+        le=10.0,
+    )
+    mask: Literal["zeros", "ones"] = param(
+        "zeros", "Value written into the non-blind image embeddings of the contrast input.", SRC
+    )
 
 
 @register_strategy
@@ -45,7 +71,19 @@ class AVCStrategy(Strategy):
     """
 
     name = "avc"
+    summary = 'contrast against only the "blind" image tokens'
+    order = 20
+    family = Family.CONTRASTIVE
     Params = AVCParams
     needs_image = True
-    cost_factor = 2.0
-    unsupported_sampling = CONTRASTIVE_UNSUPPORTED
+    rejects = CONTRASTIVE_REJECTS
+    engine = pair_needs(
+        hooks=frozenset({("blind_mask", FORWARD), ("blind_mask", ATTENTION)}),
+        # The contrast prefill runs the language model twice in one step (piecewise graphs
+        # would replay pass two from pass one's input addresses); the head mean needs
+        # every head.
+        cuda_graphs=Graphs.EAGER,
+        tensor_parallel=False,
+    )
+    bench_target = BenchTarget("none", 0.5)
+    contrast = contrast.BlindTokens()

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from decoding.strategies.base import CONTRASTIVE_UNSUPPORTED, Strategy, StrategyParams
+from decoding.strategies import contrast
+from decoding.strategies.base import (
+    CONTRASTIVE_REJECTS,
+    BenchTarget,
+    Family,
+    Strategy,
+    StrategyParams,
+    pair_needs,
+    param,
+)
 from decoding.strategies.registry import register_strategy
+from decoding.wire import EMBED
+
+SRC = "coder-gx/DAMRO 03008aca evaluation/eval_pope/run_pope.py:124-126"
 
 
 class DAMROParams(StrategyParams):
     """DAMRO parameters; defaults are the official LLaVA-1.5 ones (alpha 2, beta .1, k 10)."""
 
-    #: Contrast strength; 0 = plain decoding.
-    alpha: float = Field(default=2.0, ge=0.0, le=10.0)
-    #: Plausibility cutoff on the clean logits.
-    beta: float = Field(default=0.1, ge=0.0, le=1.0)
-    #: Number of outlier image tokens kept in the contrast prompt.
-    top_k: int = Field(default=10, ge=1, le=4096)
+    alpha: float = param(2.0, "Contrast strength; 0 = plain decoding.", SRC, ge=0.0, le=10.0)
+    beta: float = param(0.1, "Plausibility cutoff on the clean logits.", SRC, ge=0.0, le=1.0)
+    top_k: int = param(
+        10,
+        "Number of outlier image tokens (highest [CLS] attention) in the contrast prompt.",
+        SRC,
+        ge=1,
+        le=4096,
+    )
 
 
 @register_strategy
@@ -39,7 +52,14 @@ class DAMROStrategy(Strategy):
     """
 
     name = "damro"
+    summary = "contrast against the top-k ViT [CLS]-outlier tokens"
+    order = 30
+    family = Family.CONTRASTIVE
     Params = DAMROParams
     needs_image = True
-    cost_factor = 2.0
-    unsupported_sampling = CONTRASTIVE_UNSUPPORTED
+    rejects = CONTRASTIVE_REJECTS
+    # The vision q/k projection is sharded by heads under tensor parallelism: the [CLS]
+    # row would be scored on one shard.
+    engine = pair_needs(hooks=frozenset({("outliers", EMBED)}), tensor_parallel=False)
+    bench_target = BenchTarget("none", 0.5)
+    contrast = contrast.OutlierTokens(count=lambda p: p.top_k)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decoding.strategies.base import NoParams, Strategy
+from decoding.strategies.base import Strategy
 from decoding.strategies.registry import register_strategy
 
 
@@ -12,4 +12,5 @@ class NoneStrategy(Strategy):
     behave as in stock vLLM; the request's ``temperature``/``top_p``/``seed`` apply."""
 
     name = "none"
-    Params = NoParams
+    summary = "the request's own sampling"
+    order = 0

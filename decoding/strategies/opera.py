@@ -4,31 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
-from decoding.strategies.base import Strategy, StrategyParams
+from decoding.strategies.base import (
+    BenchTarget,
+    EngineNeeds,
+    Family,
+    Graphs,
+    Strategy,
+    StrategyParams,
+    param,
+)
+from decoding.strategies.errors import DecodingParamError
 from decoding.strategies.registry import register_strategy
+from decoding.wire import ATTENTION, LOGITS
+
+SRC = "shikiw/OPERA 61426efe transformers-4.29.2/src/transformers/generation/utils.py:1157-1162"
 
 
 class OPERAParams(StrategyParams):
     """OPERA parameters; defaults are the official LLaVA-1.5 setting (5 beams, 5
     candidates, scale 50, threshold 15, penalty weight 1)."""
 
-    #: Penalty weight (official ``penalty_weights``); 0 = no penalty.
-    alpha: float = Field(default=1.0, ge=0.0, le=100.0)
-    #: Retrospection-allocation (rollback) on/off.
-    rollback: bool = True
-    #: Beams. 1 = "greedy OPERA": one hypothesis, same penalty and rollback.
-    num_beams: int = Field(default=5, ge=1, le=16)
-    #: Candidates per beam (official ``num_attn_candidates``); also the rollback budget
-    #: per position. The official "fast" setting is 1 (with threshold 25).
-    num_candidates: int = Field(default=5, ge=1, le=32)
-    #: Attention scale sigma of the column product.
-    scale_factor: float = Field(default=50.0, gt=0.0, le=1000.0)
-    #: A location must recur MORE than this many times in every beam to roll back.
-    threshold: int = Field(default=15, ge=0, le=1024)
-    #: Bound of the location history and of how far back a rollback may go.
-    window: int = Field(default=512, ge=1, le=8192)
+    alpha: float = param(
+        1.0, "Penalty weight (official penalty_weights); 0 = no penalty.", SRC, ge=0.0, le=100.0
+    )
+    rollback: bool = param(True, "Retrospection-allocation (rollback) on/off.", SRC)
+    num_beams: int = param(
+        5,
+        "Beams. 1 = greedy OPERA: one hypothesis, same penalty and rollback.",
+        SRC,
+        ge=1,
+        le=16,
+    )
+    num_candidates: int = param(
+        5,
+        "Candidates per beam (official num_attn_candidates); also the rollback budget per "
+        "position. The official fast setting is 1 (with threshold 25).",
+        SRC,
+        ge=1,
+        le=32,
+    )
+    scale_factor: float = param(
+        50.0, "Attention scale sigma of the column product.", SRC, gt=0.0, le=1000.0
+    )
+    threshold: int = param(
+        15,
+        "A location must recur MORE than this many times in every beam to roll back.",
+        SRC,
+        ge=0,
+        le=1024,
+    )
+    window: int = param(
+        512,
+        "Bound of the location history and of how far back a rollback may go.",
+        SRC,
+        ge=1,
+        le=8192,
+    )
 
 
 @register_strategy
@@ -60,23 +91,42 @@ class OPERAStrategy(Strategy):
     """
 
     name = "opera"
+    summary = "beam search with over-trust penalty and rollback"
+    order = 40
+    family = Family.BEAM_SEARCH
+    runner = "opera"
     Params = OPERAParams
     needs_image = True
-    unsupported_sampling = {"top_p": "OPERA is a beam search and does not sample"}
-
-    cost_factor = 30.0
+    rejects = {"use_beam_search": "OPERA is itself a beam search (set decoding.num_beams)"}
+    engine = EngineNeeds(
+        hooks=frozenset({("opera", ATTENTION), ("opera", LOGITS)}),
+        # Every step resubmits prompt + beam: without prefix caching each look-ahead
+        # re-runs the whole prompt.
+        prefix_caching=True,
+        # The look-ahead's attention over the answer returns as log-probabilities.
+        max_logprobs=-1,
+        speculative_decoding=False,
+        # The probe is an attention-backend hook; FULL graphs (which one-token
+        # look-ahead batches would get) skip it.
+        cuda_graphs=Graphs.PIECEWISE,
+        # Max over heads needs every head.
+        tensor_parallel=False,
+        cost_factor=30.0,
+        cpu_block_size=32,
+    )
+    bench_target = BenchTarget("beam-5", 0.3)
 
     @classmethod
     def cost(cls, params: StrategyParams) -> float:
-        # Each step: num_beams x num_candidates one-token look-ahead requests (plus the
-        # beams' own), each a short prefill over the cached prefix.
+        # Each step: num_beams x num_candidates one-token look-ahead requests plus the
+        # beams' own, each a short prefill over the cached prefix.
         assert isinstance(params, OPERAParams)
         return float(params.num_beams * (1 + params.num_candidates))
 
     @classmethod
     def check_request(cls, params: StrategyParams, request: dict[str, Any]) -> None:
-        from decoding.strategies.errors import DecodingParamError
-
+        assert isinstance(params, OPERAParams)
+        super().check_request(params, request)
         temperature = request.get("temperature")
         if temperature not in (None, 0, 0.0):
             raise DecodingParamError(
@@ -98,7 +148,12 @@ class OPERAStrategy(Strategy):
                 f"(the best finished hypotheses), got n={n}",
                 param="n",
             )
-        if isinstance(n, int) and n > 1 and temperature in (0, 0.0):
+
+    @classmethod
+    def adjust_request(cls, params: StrategyParams, request: dict[str, Any]) -> dict[str, Any]:
+        n = request.get("n")
+        if isinstance(n, int) and n > 1 and request.get("temperature") in (0, 0.0):
             # vLLM refuses n > 1 with greedy sampling before the strategy runs; OPERA never
-            # samples, so the temperature is meaningless and is dropped from the request.
-            del request["temperature"]
+            # samples, so the temperature is meaningless and is left out.
+            return {k: v for k, v in request.items() if k != "temperature"}
+        return request

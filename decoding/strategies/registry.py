@@ -1,14 +1,25 @@
 """The strategy registry: one closed set of names, validated at admission.
 
-Built-in strategies live one per module in this package and are imported lazily the
-first time the registry is read, so importing the registry stays cheap (no torch).
+A strategy is its declaration module (:mod:`decoding.strategies.base`); the registry
+finds them, so adding one edits no list:
+
+* built-ins: every module of this package that is not infrastructure (``base``,
+  ``contrast``, ``errors``, ``registry``, ``rules``, ``docs``);
+* installed extensions: modules named by the ``lucid.strategies`` entry-point group;
+* deployment extensions: modules named in ``LUCID_STRATEGY_MODULES`` (comma-separated),
+  read in the API process and in the engine processes alike.
+
+Modules are imported the first time the registry is read (no torch, no vLLM).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import pkgutil
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,15 +27,11 @@ from pydantic import ValidationError
 from decoding.strategies.base import Strategy, StrategyParams
 from decoding.strategies.errors import DecodingParamError
 
-#: Modules of the built-in strategies, in the order they are listed to users.
-BUILTIN_MODULES = (
-    "decoding.strategies.none",
-    "decoding.strategies.vcd",
-    "decoding.strategies.avc",
-    "decoding.strategies.damro",
-    "decoding.strategies.opera",
-    "decoding.strategies.var",
-)
+#: Modules of this package that declare no strategy.
+INFRASTRUCTURE = {"base", "contrast", "errors", "registry", "rules", "docs"}
+#: Environment variable naming extra declaration modules.
+MODULES_ENV = "LUCID_STRATEGY_MODULES"
+ENTRY_POINT_GROUP = "lucid.strategies"
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 _loaded = False
@@ -33,31 +40,48 @@ _loaded = False
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: add a strategy under ``cls.name`` (names are unique)."""
     existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls:
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise ValueError(f"strategy name {cls.name!r} is already registered by {existing!r}")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def unregister_strategy(name: str) -> None:
+    """Remove a strategy (extensions loaded for one run, tests)."""
+    _REGISTRY.pop(name, None)
+
+
+def declaration_modules() -> list[str]:
+    """Every module that declares strategies: built-ins, entry points, environment."""
+    package = importlib.import_module("decoding.strategies")
+    names = [
+        f"decoding.strategies.{m.name}"
+        for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_") and m.name not in INFRASTRUCTURE
+    ]
+    names += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    names += [m.strip() for m in os.environ.get(MODULES_ENV, "").split(",") if m.strip()]
+    return list(dict.fromkeys(names))
 
 
 def _load_builtins() -> None:
     global _loaded
     if _loaded:
         return
-    for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # A built-in strategy module that is not part of this build is simply absent.
-            if exc.name != module:
-                raise
     _loaded = True
+    for module in declaration_modules():
+        importlib.import_module(module)
 
 
 def available() -> list[str]:
-    """Registered strategy names: ``none`` first, then in registration order (which
-    depends on import order, so ``none`` is pinned)."""
+    """Registered strategy names in their declared order (``none`` first)."""
     _load_builtins()
-    return sorted(_REGISTRY, key=lambda name: name != "none")
+    return sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].order, name))
+
+
+def strategies() -> list[type[Strategy]]:
+    """Every declaration, in :func:`available` order."""
+    return [_REGISTRY[name] for name in available()]
 
 
 def get_strategy(name: str) -> type[Strategy]:
@@ -69,7 +93,7 @@ def get_strategy(name: str) -> type[Strategy]:
         hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         maybe = f" Did you mean {hint[0]!r}?" if hint else ""
         raise DecodingParamError(
-            f"unknown strategy {name!r}; available: {', '.join(_REGISTRY)}.{maybe}",
+            f"unknown strategy {name!r}; available: {', '.join(available())}.{maybe}",
             param="decoding.strategy",
         ) from None
 

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import TYPE_CHECKING
 
-from decoding.strategies.base import Strategy, StrategyParams
+from decoding.strategies.base import (
+    BenchTarget,
+    EngineNeeds,
+    Family,
+    Graphs,
+    Strategy,
+    StrategyParams,
+    param,
+)
 from decoding.strategies.registry import register_strategy
+from decoding.wire import ATTENTION, FORWARD, VarSettings
+
+if TYPE_CHECKING:
+    from decoding.profiles import ModelProfile
+
+SRC = "seilk/VisAttnSink 98e62d6 A_exps/lv1.5_7b.yml (paper meanings, issue #5)"
 
 
 class VARParams(StrategyParams):
@@ -16,15 +30,32 @@ class VARParams(StrategyParams):
     is ``rho = 0.5, p = 0.4``.
     """
 
-    #: Fraction of the sink attention moved onto non-sink image tokens; 0 = no change.
-    p: float = Field(default=0.4, ge=0.0, le=1.0)
-    #: A row is image-centric if its non-sink share of image attention is >= rho
-    #: (paper: 0.5 hallucination tasks, 0.8 general, 0.9 vision-centric).
-    rho: float = Field(default=0.5, ge=0.0, le=1.0)
-    #: Sink threshold on phi; None = the model profile's (20 for LLaVA-1.5 7B/13B).
-    tau: float | None = Field(default=None, gt=0.0, le=1000.0)
-    #: Minimum total image attention of a row to be edited.
-    summ: float = Field(default=0.2, ge=0.0, le=1.0)
+    p: float = param(
+        0.4,
+        "Fraction of the sink attention moved onto non-sink image tokens; 0 = no change.",
+        SRC,
+        ge=0.0,
+        le=1.0,
+    )
+    rho: float = param(
+        0.5,
+        "A row is image-centric if its non-sink share of image attention is >= rho "
+        "(paper: 0.5 hallucination tasks, 0.8 general, 0.9 vision-centric).",
+        SRC,
+        ge=0.0,
+        le=1.0,
+    )
+    tau: float | None = param(
+        None,
+        "Sink threshold on phi = max|x_d| / RMS(x); null = the model profile's "
+        "(20 for LLaVA-1.5 7B/13B).",
+        "VAR paper Sec. 3.1 (tau = 20)",
+        gt=0.0,
+        le=1000.0,
+    )
+    summ: float = param(
+        0.2, "Minimum total image attention of a row to be edited.", SRC, ge=0.0, le=1.0
+    )
 
 
 @register_strategy
@@ -49,6 +80,36 @@ class VARStrategy(Strategy):
     """
 
     name = "var"
+    summary = "moves attention from sink tokens onto the image"
+    order = 50
+    family = Family.ATTENTION_EDIT
     Params = VARParams
     needs_image = True
-    cost_factor = 1.5
+    engine = EngineNeeds(
+        hooks=frozenset({("var", FORWARD), ("var", ATTENTION)}),
+        speculative_decoding=False,
+        # Sinks are read by pre-hooks on decoder layers inside the compiled language model.
+        cuda_graphs=Graphs.EAGER,
+        cost_factor=1.5,
+        private_kv=True,
+    )
+    bench_target = BenchTarget("none", 0.8)
+
+    @classmethod
+    def engine_settings(
+        cls, params: StrategyParams, profile: ModelProfile, num_layers: int
+    ) -> VarSettings:
+        assert isinstance(params, VARParams)
+        if profile.image_token_id is None:
+            raise ValueError(f"model profile {profile.name!r} has no image-token id")
+        return VarSettings(
+            strategy=cls.name,
+            p=params.p,
+            rho=params.rho,
+            summ=params.summ,
+            tau=profile.sink_tau if params.tau is None else params.tau,
+            dims=tuple(profile.sink_dims),
+            # As the reference: the profile's range, within the model's layers.
+            layers=tuple(i for i in profile.var_layer_set() if i < num_layers),
+            image_token_id=int(profile.image_token_id),
+        )

@@ -2,23 +2,62 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
 
-from decoding.strategies.base import CONTRASTIVE_UNSUPPORTED, Strategy, StrategyParams
+from decoding.strategies import contrast
+from decoding.strategies.base import (
+    CONTRASTIVE_REJECTS,
+    BenchTarget,
+    Family,
+    Strategy,
+    StrategyParams,
+    pair_needs,
+    param,
+)
 from decoding.strategies.registry import register_strategy
+
+SRC = "VCD paper Sec. 4.1; DAMO-NLP-SG/VCD d6568ff8 object_hallucination_vqa_llava.py:115-118"
 
 
 class VCDParams(StrategyParams):
     """VCD parameters; defaults are the paper's for LLaVA-1.5 (alpha 1, beta 0.1, T 500)."""
 
-    #: Contrast strength: ``(1+alpha)*l - alpha*l_noised``; 0 = plain decoding.
-    alpha: float = Field(default=1.0, ge=0.0, le=10.0)
-    #: Plausibility cutoff: keep tokens with ``p >= beta * max p`` under the clean logits.
-    beta: float = Field(default=0.1, ge=0.0, le=1.0)
-    #: Diffusion step of the noise, of 1000 (500 = ``0.863 x + 0.505 eps``).
-    noise_step: int = Field(default=500, ge=0, le=999)
-    #: Seed of the noise ``eps`` (a dedicated CPU generator), so a request is reproducible.
-    noise_seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    alpha: float = param(
+        1.0,
+        "Contrast strength: (1+alpha)*l - alpha*l_noised; 0 = plain decoding.",
+        SRC,
+        ge=0.0,
+        le=10.0,
+    )
+    beta: float = param(
+        0.1,
+        "Plausibility cutoff: keep tokens with p >= beta * max p under the clean logits.",
+        SRC,
+        ge=0.0,
+        le=1.0,
+    )
+    noise_step: int = param(
+        500,
+        "Diffusion step of the noise, of 1000 (500 = 0.863 x + 0.505 eps).",
+        SRC,
+        ge=0,
+        le=999,
+    )
+    noise_seed: int = param(
+        0,
+        "Seed of the noise eps (a dedicated CPU generator), so a request is reproducible.",
+        "not in the paper (the official code draws from the global RNG)",
+        ge=0,
+        le=2**63 - 1,
+    )
+
+
+def noised(pixels: Any, params: VCDParams) -> Any:
+    """The image under diffusion noise at ``noise_step`` (:mod:`decoding.cores.vcd`)."""
+    from decoding.cores.vcd import add_diffusion_noise
+
+    out = add_diffusion_noise(pixels.unsqueeze(0).float(), params.noise_step, params.noise_seed)
+    return out[0].to(pixels.dtype)
 
 
 @register_strategy
@@ -42,7 +81,14 @@ class VCDStrategy(Strategy):
     """
 
     name = "vcd"
+    summary = "contrast against a diffusion-noised image"
+    order = 10
+    family = Family.CONTRASTIVE
     Params = VCDParams
     needs_image = True
-    cost_factor = 2.0
-    unsupported_sampling = CONTRASTIVE_UNSUPPORTED
+    rejects = CONTRASTIVE_REJECTS
+    engine = pair_needs()
+    bench_target = BenchTarget("none", 0.5)
+    contrast = contrast.PixelContrast(
+        transform=noised, tag=lambda p: f"vcd:{p.noise_step}:{p.noise_seed}"
+    )

@@ -45,9 +45,22 @@ def load_settings(benchmark: str, path: str | Path | None = None) -> dict[str, A
     return data
 
 
+def configured_strategies(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings['strategies']`` as ``{name: params}``; ``all`` means every declared
+    strategy at its defaults (the papers' values), in the registry's order."""
+    configured = settings.get("strategies") or {"none": {}}
+    if configured == "all":
+        from decoding.strategies import available
+
+        return {name: {} for name in available()}
+    if not isinstance(configured, dict):
+        raise JobError(f"strategies must be 'all' or a mapping, got {configured!r}")
+    return dict(configured)
+
+
 def select_strategies(settings: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
     """Restrict ``settings['strategies']`` to ``names`` (unknown names get server defaults)."""
-    configured: dict[str, Any] = settings.get("strategies") or {"none": {}}
+    configured = configured_strategies(settings)
     if not names:
         return dict(configured)
     return {n: dict(configured.get(n) or {}) for n in names}

@@ -1,10 +1,8 @@
-"""Served implementations of the strategies, one module each, registered by name."""
+"""Served runners, one per family (``single``, ``pair``) or per orchestrating strategy
+(``opera``), registered by name (:mod:`decoding.engine.runner`)."""
 
-from decoding.engine.runners import (  # noqa: F401, E402
-    avc,
-    damro,
-    none,  # noqa: F401
+from decoding.engine.runners import (  # noqa: F401
     opera,
-    var,
-    vcd,
+    pairs,
+    single,
 )

@@ -1,12 +1,15 @@
 """Contrast inputs built on the API side from vLLM's processed multimodal input.
 
-Every contrast input gets its own multimodal hash, so that vLLM's encoder cache and
-prefix cache never hand the contrast request the clean image's embeddings or KV.
+One builder per form a declaration can name (:mod:`decoding.strategies.contrast`), so a
+new contrastive strategy needs no engine code. Every contrast input gets its own
+multimodal hash, so that vLLM's encoder cache and prefix cache never hand the contrast
+request the clean image's embeddings or KV.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import torch
 from vllm.multimodal.inputs import (
@@ -17,7 +20,72 @@ from vllm.multimodal.inputs import (
     PlaceholderRange,
 )
 
+from decoding.strategies import contrast as forms
+from decoding.strategies.base import StrategyParams
+from decoding.wire import BlindMask
+
 MODALITY = "image"
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """A contrast input: the engine prompt, the engine-side contrast its rows need, and
+    whether it must be prefilled in full (its KV depends on the whole prompt pass)."""
+
+    prompt: dict
+    engine: Literal["outliers", "blind_mask"] | None = None
+    blind: BlindMask | None = None
+    full_prefill: bool = False
+
+
+def build(
+    form: forms.ContrastInput, prompt: dict, params: StrategyParams, image_token: int
+) -> Contrast:
+    """The contrast input of ``form`` for the main input ``prompt``."""
+    if isinstance(form, forms.PixelContrast):
+        items = [
+            replace_field(item, "pixel_values", form.transform(item["pixel_values"].data, params))
+            for item in image_items(prompt)
+        ]
+        return Contrast(with_items(prompt, items, form.tag(params)))
+    if isinstance(form, forms.OutlierTokens):
+        return _outliers(prompt, form.count(params), image_token)
+    if isinstance(form, forms.BlindTokens):
+        return _blind(prompt, params, image_token)
+    raise TypeError(f"unknown contrast input {form!r}")
+
+
+def _outliers(prompt: dict, top_k: int, image_token: int) -> Contrast:
+    """DAMRO: ``top_k`` image placeholders per image; the item's ``lucid_topk`` field makes
+    the engine embed only its top-k [CLS]-outlier tokens (descending score order)."""
+    ranges = sorted(prompt["mm_placeholders"][MODALITY], key=lambda r: r.offset)
+    counts = [min(top_k, r.length) for r in ranges]
+    ids, placeholders = shrink_images(prompt, counts, image_token)
+    items = [
+        add_field(item, "lucid_topk", torch.tensor(count))
+        for item, count in zip(image_items(prompt), counts, strict=True)
+    ]
+    tagged = with_items(
+        prompt, items, f"damro:{top_k}", prompt_token_ids=ids, mm_placeholders=placeholders
+    )
+    return Contrast(tagged, engine="outliers")
+
+
+def _blind(prompt: dict, params: StrategyParams, image_token: int) -> Contrast:
+    """AVC: the same image under its own hash; the engine finds the blind tokens from the
+    clean prefill attention of the last prompt token and masks the other image
+    embeddings before the contrast KV is written, so it is always prefilled in full."""
+    gamma, lamb, mask = float(params.gamma), float(params.lamb), str(params.mask)  # type: ignore[attr-defined]
+    blind = BlindMask(
+        gamma=gamma,
+        lamb=lamb,
+        mask=mask,  # type: ignore[arg-type]
+        # The query is the last token of the ORIGINAL prompt, also after restarts.
+        query=len(prompt["prompt_token_ids"]) - 1,
+        image_token=image_token,
+    )
+    tagged = with_items(prompt, image_items(prompt), f"avc:{gamma}:{lamb}:{mask}")
+    return Contrast(tagged, engine="blind_mask", blind=blind, full_prefill=True)
 
 
 def image_items(prompt: dict) -> list[MultiModalKwargsItem]:

@@ -22,7 +22,6 @@ Request semantics:
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -31,12 +30,12 @@ from vllm.logprobs import FlatLogprobs, Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from decoding.engine.client import RunContext, register_runner
+from decoding.engine.runner import Event, ExtraTokens, RunContext, StrategyFault, register_runner
 from decoding.engine.runners.opera_search import Seq, Top, opera_search
 from decoding.engine.runners.pairs import extend
 from decoding.engine.worker import opera as probe_codec
-from decoding.engine.worker.rows import ENGINE_KEY
-from decoding.strategies import get_strategy
+from decoding.strategies.base import StrategyParams
+from decoding.wire import ENGINE_KEY, OperaProbe
 
 
 def image_spans(ids: list[int], image_token: int) -> list[list[int]]:
@@ -60,12 +59,13 @@ class EngineOracle:
         ctx: RunContext,
         prompt: dict,
         request_id: str,
-        probe_config: dict[str, Any],
+        probe_config: OperaProbe,
         kwargs: dict[str, Any],
     ) -> None:
         self.ctx, self.prompt, self.request_id = ctx, prompt, request_id
-        self.candidates = int(probe_config["candidates"])
-        self.extra = {ENGINE_KEY: json.dumps(probe_config)}
+        self.candidates = probe_config.candidates
+        self.extra = {ENGINE_KEY: probe_config.to_json()}
+        self.stall = ctx.stall_token()
         self.kwargs = kwargs
         self.serial = 0
 
@@ -108,7 +108,7 @@ class EngineOracle:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _count(self, outs: list[RequestOutput], kind: str) -> None:
+    def _count(self, outs: list[RequestOutput], kind: ExtraTokens) -> None:
         computed = sum(len(o.prompt_token_ids or []) - int(o.num_cached_tokens or 0) for o in outs)
         self.ctx.extra_tokens(kind, computed)
 
@@ -118,10 +118,12 @@ class EngineOracle:
             for s in seqs
         ]
         outs = await self._all(jobs)
-        self._count(outs, "rollback" if rollback else "candidate")
+        self._count(outs, ExtraTokens.ROLLBACK if rollback else ExtraTokens.CANDIDATE)
         got = {}
         for seq, out in zip(seqs, outs, strict=True):
             o = out.outputs[0]
+            if int(o.token_ids[0]) == self.stall:
+                raise StrategyFault(self.ctx.name, "the engine did not probe a look-ahead")
             lps = _first_position(o.logprobs)
             got[seq] = probe_codec.decode(
                 int(o.token_ids[0]), lps, self.candidates, probe_codec.fields_for(len(seq) - 1)
@@ -135,7 +137,7 @@ class EngineOracle:
         unique = list(want)
         outs = await self._all([(s, self._params(want[s], False)) for s in unique])
         if rollback:
-            self._count(outs, "rollback")
+            self._count(outs, ExtraTokens.ROLLBACK)
         got = {}
         for seq, out in zip(unique, outs, strict=True):
             lps = sorted(
@@ -233,15 +235,12 @@ async def run(
     prompt: Any,
     sampling_params: SamplingParams,
     request_id: str,
-    params: dict[str, Any],
+    params: StrategyParams,
     **kwargs: Any,
 ) -> AsyncGenerator[RequestOutput, None]:
-    # Through the registry: importing the strategy module directly would register it
-    # ahead of the others.
-    p = get_strategy("opera").Params(**params)
+    p: Any = params
     sp = sampling_params
     config = ctx.engine.model_config
-    hf = config.hf_config
     vocab = config.get_vocab_size()
     ids = list(prompt["prompt_token_ids"])
     max_new = sp.max_tokens or max(1, config.max_model_len - len(ids))
@@ -262,17 +261,17 @@ async def run(
             parameter="max_tokens",
             value=max_new,
         )
-    probe = {
-        "kind": probe_codec.KIND,
-        "layer": int(config.hf_text_config.num_hidden_layers) - 1,
-        "prompt_len": len(ids),
-        "image": image_spans(ids, int(hf.image_token_index)),
-        "candidates": p.num_candidates,
-    }
+    probe = OperaProbe(
+        strategy=ctx.name,
+        layer=int(config.hf_text_config.num_hidden_layers) - 1,
+        prompt_len=len(ids),
+        image=tuple((a, b) for a, b in image_spans(ids, ctx.image_token())),
+        candidates=p.num_candidates,
+    )
     stop = end_tokens(ctx, sp)
     oracle = EngineOracle(ctx, prompt, request_id, probe, kwargs)
     result = await opera_search(
-        oracle, p, stop, max_new, vocab, on_rollback=lambda: ctx.event("rollback")
+        oracle, p, stop, max_new, vocab, on_rollback=lambda: ctx.event(Event.ROLLBACK)
     )
     tokenizer = ctx.engine.tokenizer
     outputs = [

@@ -18,30 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from decoding.engine.client import RunContext, register_runner
-from decoding.engine.worker.rows import ENGINE_KEY
+from decoding.engine.runner import Event, ExtraTokens, RunContext, StrategyFault, register_runner
+from decoding.engine.runners.contrast_inputs import Contrast, build
+from decoding.strategies.base import StrategyParams
+from decoding.wire import ENGINE_KEY, PairSettings
 
-
-@dataclasses.dataclass(frozen=True)
-class Contrast:
-    """A contrast input: the engine prompt, extra engine settings for its rows, and
-    whether it must be prefilled in full (its KV depends on the whole prompt pass)."""
-
-    prompt: dict
-    engine: dict[str, Any] = dataclasses.field(default_factory=dict)
-    full_prefill: bool = False
-
-
-#: Builds the contrast input from the main one: ``(prompt, params, hf_config)``.
-ContrastBuilder = Callable[[dict, dict[str, Any], Any], Contrast]
+#: Restarts in a row without a decided token before the pair is taken as not coupled by
+#: the engine (a missing hook stalls every step; a scheduling stall clears on restart).
+MAX_IDLE_RESTARTS = 8
 
 
 def extend(prompt: dict, tokens: Sequence[int]) -> dict:
@@ -81,7 +72,7 @@ class _Answer:
         request_id: str,
         index: int,
         seed: int | None,
-        params: dict[str, Any],
+        params: StrategyParams,
         stall: int,
         stall_text: str,
         kwargs: dict[str, Any],
@@ -102,14 +93,19 @@ class _Answer:
         # engine in different steps) replays exactly the stream it would have drawn.
         done = len(self.tokens)
         sp.seed = None if self.seed is None else (self.seed + 1_000_003 * done) % 2**63
-        cfg = {"kind": "cd", "pair": f"{self.request_id}/{self.index}/{attempt}", "role": role}
+        pair = f"{self.request_id}/{self.index}/{attempt}"
         if role != "contrast":
-            cfg |= {"alpha": self.params["alpha"], "beta": self.params["beta"]}
-        elif self.contrast is not None:
-            cfg |= self.contrast.engine
+            p = self.params
+            cfg = PairSettings(self.ctx.name, pair, role, p.alpha, p.beta)  # type: ignore[attr-defined, arg-type]
+        else:
+            assert self.contrast is not None
+            cfg = PairSettings(
+                self.ctx.name, pair, "contrast", contrast=self.contrast.engine,
+                blind=self.contrast.blind,
+            )  # fmt: skip
             if self.contrast.full_prefill:
                 sp.skip_reading_prefix_cache = True
-        sp.extra_args = {**(sp.extra_args or {}), ENGINE_KEY: json.dumps(cfg)}
+        sp.extra_args = {**(sp.extra_args or {}), ENGINE_KEY: cfg.to_json()}
         if role == "contrast":
             # Same sampler inputs as main (it must draw the same token); one token of
             # slack so that it never finishes first; no text, logprobs or stop strings.
@@ -121,7 +117,7 @@ class _Answer:
         return sp
 
     async def run(self) -> AsyncGenerator[tuple[CompletionOutput, bool], None]:
-        engine, attempt = self.ctx.engine, 0
+        engine, attempt, idle = self.ctx.engine, 0, 0
         while True:
             suffix = f"{self.index}.{attempt}"
             helper = None
@@ -134,7 +130,7 @@ class _Answer:
                 )
                 helper = asyncio.create_task(_drain(con))
                 self.ctx.extra_tokens(
-                    "contrast_prefill",
+                    ExtraTokens.CONTRAST_PREFILL,
                     len(self.contrast.prompt["prompt_token_ids"]) + len(self.tokens),
                 )
             role = "main" if self.contrast is not None else "solo"
@@ -144,7 +140,7 @@ class _Answer:
                 f"{self.request_id}-main{suffix}",
                 **self.kwargs,
             )
-            stalled = False
+            stalled, decided = False, len(self.tokens)
             try:
                 async for out in gen:
                     o = out.outputs[0]
@@ -153,7 +149,7 @@ class _Answer:
                         o, stalled = _cut(o, ids.index(self.stall), self.stall_text), True
                     self.tokens += list(o.token_ids)
                     if helper is not None and o.token_ids:
-                        self.ctx.extra_tokens("contrast_decode", len(o.token_ids))
+                        self.ctx.extra_tokens(ExtraTokens.CONTRAST_DECODE, len(o.token_ids))
                     finished = out.finished and not stalled
                     if o.token_ids or finished:
                         yield o, finished
@@ -166,7 +162,12 @@ class _Answer:
                     await asyncio.gather(helper, return_exceptions=True)
             if not stalled:
                 return
-            self.ctx.event("uncoupled_step")
+            self.ctx.event(Event.UNCOUPLED_STEP)
+            idle = 0 if len(self.tokens) > decided else idle + 1
+            if idle >= MAX_IDLE_RESTARTS:
+                raise StrategyFault(
+                    self.ctx.name, f"the contrastive pair stalled {idle} times without a token"
+                )
             attempt += 1
             if self.sp.max_tokens and len(self.tokens) >= self.sp.max_tokens:
                 return
@@ -180,21 +181,22 @@ async def _drain(gen: AsyncGenerator[RequestOutput, None]) -> None:
         await gen.aclose()
 
 
+@register_runner("pair")
 async def run_contrastive(
     ctx: RunContext,
     prompt: dict,
     sp: SamplingParams,
     request_id: str,
-    params: dict[str, Any],
-    build: ContrastBuilder,
+    params: StrategyParams,
     **kwargs: Any,
 ) -> AsyncGenerator[RequestOutput, None]:
     """Serve one contrastive request; yields like ``EngineClient.generate``."""
-    hf = ctx.engine.model_config.hf_config
-    stall = int(hf.image_token_index)
+    stall = ctx.stall_token()
     tokenizer = ctx.engine.tokenizer
     stall_text = "" if sp.skip_special_tokens or tokenizer is None else tokenizer.decode([stall])
-    contrast = build(prompt, params, hf) if params["alpha"] != 0 else None
+    form = ctx.strategy.contrast
+    assert form is not None, f"contrastive strategy {ctx.name!r} declares no contrast input"
+    contrast = build(form, prompt, params, stall) if params.alpha != 0 else None  # type: ignore[attr-defined]
     seed = sp.seed
     if seed is None and sp.temperature > 0:
         # Both requests of a pair must draw the same token: they share one seed.
@@ -309,21 +311,3 @@ def _output(
         outputs=outputs,
         finished=finished,
     )
-
-
-def register_contrastive(name: str, build: ContrastBuilder) -> None:
-    """Serve strategy ``name`` as request pairs whose contrast input ``build`` makes."""
-
-    @register_runner(name)
-    async def run(
-        ctx: RunContext,
-        prompt: Any,
-        sampling_params: SamplingParams,
-        request_id: str,
-        params: dict[str, Any],
-        **kwargs: Any,
-    ) -> AsyncGenerator[RequestOutput, None]:
-        async for out in run_contrastive(
-            ctx, prompt, sampling_params, request_id, params, build, **kwargs
-        ):
-            yield out

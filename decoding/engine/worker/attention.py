@@ -2,7 +2,7 @@
 
 vLLM never materialises attention probabilities. The backends here subclass the stock
 implementation (``CPU_ATTN`` on CPU, ``FLASH_ATTN`` on CUDA), call it unchanged, and then
-hand the layer's query, paged KV cache and metadata to :data:`hooks.ATTENTION` for the
+hand the layer's query, paged KV cache and metadata to the ``attention`` hooks for the
 flagged rows of the step; hooks recompute the probabilities they need in float32 from
 the cache (reading it through the owning backend's layout) and may rewrite the output.
 Unflagged steps cost one dictionary check per layer.
@@ -23,6 +23,7 @@ from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentio
 
 from decoding.engine.worker import hooks
 from decoding.engine.worker.rows import STEP
+from decoding.wire import ATTENTION
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
@@ -55,17 +56,17 @@ def gather_kv(
 
 
 class _HookMixin:
-    """Runs :data:`hooks.ATTENTION` after the stock forward for decoder self-attention."""
+    """Runs the ``attention`` hooks after the stock forward for decoder self-attention."""
 
     def split_cache(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _run_hooks(self, layer: Any, query: torch.Tensor, kv_cache: Any, meta: Any, out: Any):
-        if meta is None or not STEP.rows or not hooks.ATTENTION:
+        if meta is None or not STEP.rows:
             return
         if getattr(self, "attn_type", AttentionType.DECODER) != AttentionType.DECODER:
             return
-        for hook in hooks.ATTENTION:
+        for hook in hooks.at(ATTENTION):
             hook(self, layer, query, kv_cache, meta, out)
 
 

@@ -25,17 +25,19 @@ import torch
 from decoding.cores.contrastive import contrast_logits
 from decoding.engine.worker import hooks
 from decoding.engine.worker.rows import STEP
+from decoding.wire import LOGITS, PairSettings
 
-KIND = "cd"
+KIND = PairSettings.kind
 
 
+@hooks.register(LOGITS, "cd", order=10)
 def couple(model: Any, logits: torch.Tensor) -> torch.Tensor:
     rows = STEP.of_kind(KIND)
     if not rows:
         return logits
     pairs: dict[str, dict[str, int]] = {}
     for index, row in rows.items():
-        pairs.setdefault(row.config["pair"], {})[row.config["role"]] = index
+        pairs.setdefault(row.config.pair, {})[row.config.role] = index
     stall = model.stall_token
     n = logits.shape[0]
     for roles in pairs.values():
@@ -44,7 +46,7 @@ def couple(model: Any, logits: torch.Tensor) -> torch.Tensor:
         if solo is not None and solo < n:
             # alpha = 0: no contrast branch, only the plausibility cutoff.
             cfg = rows[solo].config
-            logits[solo] = contrast_logits(logits[solo], logits[solo], 0.0, cfg["beta"])
+            logits[solo] = contrast_logits(logits[solo], logits[solo], 0.0, cfg.beta)
             continue
         if (
             main is not None
@@ -54,7 +56,7 @@ def couple(model: Any, logits: torch.Tensor) -> torch.Tensor:
             and len(rows[main].output) == len(rows[con].output)
         ):
             cfg = rows[main].config
-            combined = contrast_logits(logits[main], logits[con], cfg["alpha"], cfg["beta"])
+            combined = contrast_logits(logits[main], logits[con], cfg.alpha, cfg.beta)
             combined[stall] = float("-inf")
             logits[main] = combined.to(logits.dtype)
             logits[con] = logits[main]
@@ -64,6 +66,3 @@ def couple(model: Any, logits: torch.Tensor) -> torch.Tensor:
                     logits[index] = float("-inf")
                     logits[index, stall] = 0.0
     return logits
-
-
-hooks.LOGITS.append(couple)

@@ -20,12 +20,18 @@ from typing import Any
 import torch
 
 from decoding.cores import damro as damro_core
+from decoding.engine.families import family_for
+from decoding.engine.worker import hooks
+from decoding.wire import EMBED
 
 
+@hooks.register(EMBED, "outliers", order=10)
 def top_patch_features(
     model: Any, topk: Any, embed: Callable[..., Any], kwargs: dict[str, Any]
 ) -> list[torch.Tensor]:
-    attn = model.vision_tower.vision_model.encoder.layers[-1].self_attn
+    vision = family_for(model.config).vision_attention
+    assert vision is not None, "DAMRO is refused at admission on towers without [CLS]"
+    attn = vision(model)
     seen: list[torch.Tensor] = []
     handle = attn.qkv_proj.register_forward_hook(
         lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)

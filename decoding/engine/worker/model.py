@@ -1,13 +1,16 @@
 """``LucidLlava``: vLLM's LLaVA with the hooks strategies need, selected by architecture.
 
 The server switches the checkpoint's architecture to ``LucidLlavaForConditionalGeneration``
-(``hf_overrides``) when a strategy other than ``none`` is enabled. Weights, processor and
-prompt handling are vLLM's LLaVA unchanged; the subclass adds
+(``hf_overrides``) when an enabled strategy acts through engine hooks. Weights, processor
+and prompt handling are vLLM's LLaVA unchanged; the subclass runs the hooks registered in
+:mod:`.hooks`:
 
-* ``embed_multimodal``: image items that carry a ``lucid_topk`` field return only their
-  top-k [CLS]-outlier patch features (DAMRO's contrast input, :mod:`.damro`);
-* ``forward``: the :data:`hooks.FORWARD` chain (AVC's contrast prefill, VAR's sinks);
-* ``compute_logits``: the :data:`hooks.LOGITS` chain (contrastive coupling, probes).
+* ``embed_multimodal``: image items that carry a ``lucid_topk`` field go to the
+  ``embed`` hook (DAMRO's contrast input, :mod:`.damro`);
+* ``forward``: the ``forward`` hooks, outermost first (AVC's contrast prefill, VAR's sinks);
+* ``compute_logits``: the ``logits`` hooks (contrastive coupling, probes), then every
+  faulty row (a hook it needs is missing) is forced to the stall token, which its runner
+  reports as a failed request instead of returning a plain answer.
 """
 
 from __future__ import annotations
@@ -18,25 +21,32 @@ from typing import Any
 import torch
 from vllm.model_executor.models.llava import LlavaForConditionalGeneration
 
+from decoding.engine.families import LLAVA_15, family_for
 from decoding.engine.worker import hooks
 from decoding.engine.worker.rows import STEP
+from decoding.wire import EMBED, FORWARD, LOGITS
 
-ARCHITECTURE = "LucidLlavaForConditionalGeneration"
+ARCHITECTURE = LLAVA_15.hooked_architecture
 
 
 class LucidLlava(LlavaForConditionalGeneration):
     @property
     def stall_token(self) -> int:
         """The image placeholder id: never a real answer token, used to flag a stall."""
-        return int(self.config.image_token_index)
+        return family_for(self.config).image_token(self.config)
 
     def embed_multimodal(self, **kwargs: object) -> Any:
         topk = kwargs.pop("lucid_topk", None)
         if topk is None:
             return super().embed_multimodal(**kwargs)
-        from decoding.engine.worker.damro import top_patch_features
-
-        return top_patch_features(self, topk, super().embed_multimodal, kwargs)
+        embed = hooks.at(EMBED)
+        if not embed:
+            # The row of this request is failed (its needs name the embed hook); the
+            # features only have to fit the placeholders until then.
+            counts = torch.as_tensor(topk).reshape(-1).tolist()
+            feats = super().embed_multimodal(**kwargs)
+            return [f[: int(c)] for f, c in zip(feats, counts, strict=True)]
+        return embed[0](self, topk, super().embed_multimodal, kwargs)
 
     def forward(
         self,
@@ -51,10 +61,11 @@ class LucidLlava(LlavaForConditionalGeneration):
                 input_ids, positions, intermediate_tensors, inputs_embeds=embeds, **kwargs
             )
 
-        if not STEP.rows or not hooks.FORWARD:
+        outer_first = hooks.at(FORWARD)
+        if not STEP.rows or not outer_first:
             return run(inputs_embeds)
         chain: Callable[[torch.Tensor | None], Any] = run
-        for hook in hooks.FORWARD:
+        for hook in reversed(outer_first):
             chain = _bind(hook, self, chain)
         return chain(inputs_embeds)
 
@@ -62,8 +73,12 @@ class LucidLlava(LlavaForConditionalGeneration):
         logits = super().compute_logits(hidden_states)
         if logits is None or not STEP.rows:
             return logits
-        for hook in hooks.LOGITS:
+        for hook in hooks.at(LOGITS):
             logits = hook(self, logits)
+        for index in STEP.faulty():
+            if index < logits.shape[0]:
+                logits[index] = float("-inf")
+                logits[index, self.stall_token] = 0.0
         return logits
 
 

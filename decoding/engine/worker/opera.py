@@ -34,8 +34,9 @@ import torch
 
 from decoding.engine.worker import hooks
 from decoding.engine.worker.rows import STEP
+from decoding.wire import ATTENTION, LOGITS, OperaProbe
 
-KIND = "opera"
+KIND = OperaProbe.kind
 #: Logit of the anchor slot: above every log-probability, so it is the greedy token.
 ANCHOR = 1.0
 #: Floor of an encoded attention value (a zero would drop out of the returned top-k).
@@ -46,6 +47,7 @@ TINY = 1e-30
 GATHER_BUDGET = 1 << 25
 
 
+@hooks.register(ATTENTION, "opera", order=20)
 def probe(impl: Any, layer: Any, query: torch.Tensor, kv_cache: Any, meta: Any, out: Any):
     rows = STEP.of_kind(KIND)
     if not rows:
@@ -57,7 +59,7 @@ def probe(impl: Any, layer: Any, query: torch.Tensor, kv_cache: Any, meta: Any, 
     lengths = meta.seq_lens.tolist()
     due = []
     for index, row in rows.items():
-        if row.config.get("layer") != index_of_layer or index + 1 >= len(starts):
+        if row.config.layer != index_of_layer or index + 1 >= len(starts):
             continue
         start, end, seq_len = starts[index], starts[index + 1], lengths[index]
         # Only the step that computes the request's last token (its single sample).
@@ -104,13 +106,13 @@ def partitions(probs: torch.Tensor, due: list[tuple]) -> list[torch.Tensor]:
     image = torch.zeros_like(probs, dtype=torch.bool)
     prompt = torch.zeros_like(probs, dtype=torch.bool)
     for r, (_, row, _, _) in enumerate(due):
-        prompt[r, : row.config["prompt_len"]] = True
-        for a, b in row.config["image"]:
+        prompt[r, : row.config.prompt_len] = True
+        for a, b in row.config.image:
             image[r, a:b] = True
     image_total = (probs * image).sum(dim=1, keepdim=True)
     other_total = (probs * (prompt & ~image)).sum(dim=1, keepdim=True)
     return [
-        torch.cat([probs[r, row.config["prompt_len"] : length], image_total[r], other_total[r]])
+        torch.cat([probs[r, row.config.prompt_len : length], image_total[r], other_total[r]])
         for r, (_, row, _, length) in enumerate(due)
     ]
 
@@ -145,6 +147,7 @@ def encode(real: torch.Tensor, data: list[torch.Tensor], candidates: int) -> tor
     return torch.where(fits[:, None], x, real.float())
 
 
+@hooks.register(LOGITS, "opera", order=20)
 def encode_rows(model: Any, logits: torch.Tensor) -> torch.Tensor:
     rows = STEP.of_kind(KIND)
     if not rows:
@@ -153,7 +156,7 @@ def encode_rows(model: Any, logits: torch.Tensor) -> torch.Tensor:
     for index, row in rows.items():
         data = row.state.pop(KIND, None)
         if data is not None and index < logits.shape[0]:
-            groups.setdefault(int(row.config["candidates"]), []).append((index, data))
+            groups.setdefault(row.config.candidates, []).append((index, data))
     if not groups:
         return logits
     # Half-precision logits could not hold the encoded values.
@@ -216,7 +219,3 @@ def fields_for(generated: int) -> int:
 
 def logprobs_needed(candidates: int, generated: int) -> int:
     return 1 + candidates + fields_for(generated)
-
-
-hooks.ATTENTION.append(probe)
-hooks.LOGITS.append(encode_rows)

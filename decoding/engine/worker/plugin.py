@@ -2,7 +2,8 @@
 
 Registers the ``LucidLlava`` architecture (used only when the server selects it through
 ``hf_overrides``) and replaces the platform's attention backend by the hooked subclass
-(:mod:`decoding.engine.worker.attention`). Idempotent, and never touches CUDA at import.
+(:mod:`decoding.engine.worker.attention`), then imports the worker modules (built-ins and
+``LUCID_WORKER_MODULES``). Idempotent, and never touches CUDA at import.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ def register() -> None:
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from decoding.engine.worker.model import ARCHITECTURE
+    from decoding.engine.families import FAMILIES
 
-    ModelRegistry.register_model(ARCHITECTURE, "decoding.engine.worker.model:LucidLlava")
+    for family in FAMILIES:
+        ModelRegistry.register_model(family.hooked_architecture, family.hooked_class)
     if current_platform.is_cpu():
         register_backend(
             AttentionBackendEnum.CPU_ATTN,
@@ -32,5 +34,25 @@ def register() -> None:
             AttentionBackendEnum.FLASH_ATTN,
             "decoding.engine.worker.attention.LucidFlashAttentionBackend",
         )
-    # Worker modules register their hooks on import.
+        from decoding.engine.worker.graphs import install_dispatch_guard
+
+        # Steps with attention or forward hooks never replay FULL CUDA graphs.
+        install_dispatch_guard()
+    # Worker modules register their hooks on import; deployments may add their own.
+    load_worker_modules()
+
+
+#: Environment variable naming extra worker modules (engine mechanisms of extensions).
+WORKER_MODULES_ENV = "LUCID_WORKER_MODULES"
+
+
+def load_worker_modules() -> None:
+    """The built-in worker modules, then those named in ``LUCID_WORKER_MODULES``."""
+    import importlib
+    import os
+
     import decoding.engine.worker.strategies  # noqa: F401
+
+    for name in os.environ.get(WORKER_MODULES_ENV, "").split(","):
+        if name.strip():
+            importlib.import_module(name.strip())

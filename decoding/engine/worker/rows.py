@@ -12,7 +12,7 @@ attention backend during the same step. The processor never edits logits.
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,21 +20,37 @@ import torch
 from vllm.sampling_params import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-#: ``SamplingParams.extra_args`` key of the engine-side settings of one request (JSON).
-ENGINE_KEY = "lucid_engine"
+from decoding.wire import ENGINE_KEY, EngineSettings, Need, WireError, decode_engine
+
+log = logging.getLogger("lucid.engine")
 
 
 @dataclass
 class Row:
     """One flagged request in the persistent batch."""
 
-    #: Engine-side settings: ``{"kind": ..., ...}`` (see the worker modules).
-    config: dict[str, Any]
+    #: Engine-side settings (:mod:`decoding.wire`); None when they did not decode.
+    config: Any
     prompt: list[int]
     #: Live reference to the request's output token list (vLLM appends to it).
     output: list[int]
     #: Per-request scratch state owned by the worker modules (sinks, images, ...).
     state: dict[str, Any] = field(default_factory=dict)
+    #: Why the settings did not decode (the row is failed).
+    error: str | None = None
+    reported: bool = False
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy if isinstance(self.config, EngineSettings) else "unknown"
+
+    def unmet(self) -> frozenset[Need]:
+        """Needs of this row that no registered hook covers now."""
+        from decoding.engine.worker import hooks
+
+        if self.config is None:
+            return frozenset({("settings", str(self.error))})
+        return hooks.missing(self.config.needs())
 
 
 class _Step:
@@ -44,19 +60,39 @@ class _Step:
         self.rows: dict[int, Row] = {}
 
     def of_kind(self, kind: str) -> dict[int, Row]:
-        return {i: r for i, r in self.rows.items() if r.config.get("kind") == kind}
+        return {i: r for i, r in self.rows.items() if getattr(r.config, "kind", None) == kind}
+
+    def faulty(self) -> dict[int, Row]:
+        """Rows that must be failed: their settings did not decode, or a hook they need
+        is not registered (checked every step, so a hook lost at run time is caught)."""
+        out = {}
+        for index, row in self.rows.items():
+            unmet = row.unmet()
+            if unmet:
+                out[index] = row
+                if not row.reported:
+                    row.reported = True
+                    log.error(
+                        "strategy %s: no engine hook for %s; the request is failed",
+                        row.strategy,
+                        ", ".join(f"{m}.{p}" for m, p in sorted(unmet)),
+                    )
+        return out
 
 
 #: The engine process's single view of the batch (one model runner per process).
 STEP = _Step()
 
 
-def engine_config(params: SamplingParams | None) -> dict[str, Any] | None:
+def make_row(params: SamplingParams | None, prompt: Any, output: list[int]) -> Row | None:
+    """The row of a request with engine settings (None for a plain request)."""
     extra = params.extra_args if params is not None else None
     if not extra or ENGINE_KEY not in extra:
         return None
-    raw = extra[ENGINE_KEY]
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    try:
+        return Row(decode_engine(extra[ENGINE_KEY]), list(prompt or []), output)
+    except WireError as exc:
+        return Row(None, list(prompt or []), output, error=str(exc))
 
 
 class StepRows(LogitsProcessor):
@@ -80,11 +116,11 @@ class StepRows(LogitsProcessor):
         for index in batch_update.removed:
             rows.pop(index, None)
         for index, params, prompt, output in batch_update.added:
-            config = engine_config(params)
-            if config is None:
+            row = make_row(params, prompt, output)
+            if row is None:
                 rows.pop(index, None)
             else:
-                rows[index] = Row(config, list(prompt or []), output)
+                rows[index] = row
         for a, b, direction in batch_update.moved:
             ra, rb = rows.pop(a, None), rows.pop(b, None)
             if ra is not None:

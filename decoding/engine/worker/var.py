@@ -4,9 +4,10 @@ Kang, Kim, Kim, Hwang, "See What You Are Told: Visual Attention Sink in Large Mu
 Models", ICLR 2025 (arXiv 2503.03321); official code ``seilk/VisAttnSink`` @ ``98e62d6``
 (``src/logic/logic.py``). The maths is :mod:`decoding.cores.var`; this module applies it
 to the rows of vLLM's batch that carry ``{"kind": "var", ...}`` engine settings (set by
-:mod:`decoding.engine.runners.var`), exactly as the reference engine's ``VARState``.
+the ``single`` runner from the declaration), exactly as the reference engine's
+``VARState``.
 
-Per step (:func:`forward`, a :data:`hooks.FORWARD` hook) a :class:`Plan` maps the VAR
+Per step (:func:`forward`, a ``forward`` hook) a :class:`Plan` maps the VAR
 rows of the batch to their tokens and positions (one read of the attention metadata).
 
 * **Sinks.** For tokens of the prompt computed in this step, forward pre-hooks on the
@@ -15,13 +16,15 @@ rows of the batch to their tokens and positions (one read of the attention metad
   layer 0 receives the embeddings) and store ``phi > tau`` per layer and position in the
   request's row state. Hooks exist only during steps that prefill a VAR request.
 * **Edits.** After the stock attention kernel of each profile layer (:func:`attend`, a
-  :data:`hooks.ATTENTION` hook), the queries after the image (the prompt's text after the
-  image at prefill, the new token when decoding) of all VAR rows are recomputed in
-  float32 from the paged KV cache, in one padded batch: ``softmax(q k^T * scale)``, the
-  image-centric selection and the redistribution (:func:`edit_probs`, the batched form of
-  :func:`decoding.cores.var.select_rows` and :func:`~decoding.cores.var.redistribute`),
-  then ``probs @ v``. Only the selected (token, head) outputs are overwritten; every
-  other output value, and every row of other requests, is left as the kernel wrote it.
+  ``attention`` hook), the queries after the image (the prompt's text after the
+  image at prefill, the new token when decoding) of all VAR rows get the exact
+  partitioned-attention update of :func:`decoding.cores.var.partitioned_update`, in one
+  padded float32 batch from the paged KV cache: two LSE-returning attention calls (all
+  keys, non-sink image keys; :mod:`.lse` picks the platform's fused kernel) and a gather
+  of the few sink keys give the masses that select image-centric rows and the change
+  ``p * (m_S * o_T - sum_s a_s v_s)``; no probability matrix is materialised. Only the
+  selected (token, head) outputs change; every other output value, and every row of
+  other requests, is left as the kernel wrote it.
 
 State lives in the request's :class:`~decoding.engine.worker.rows.Row`, created when the
 request enters the batch, so sinks are never carried over to the next request in the
@@ -43,51 +46,19 @@ from typing import Any
 import torch
 
 from decoding.cores import var as var_core
+from decoding.engine.families import family_for
 from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import layer_index
+from decoding.engine.worker.graphs import eager_step
+from decoding.engine.worker.lse import lse_attention_for
 from decoding.engine.worker.rows import STEP, Row
+from decoding.wire import ATTENTION, FORWARD, VarSettings
 
-KIND = "var"
+KIND = VarSettings.kind
 log = logging.getLogger(__name__)
 
 
 # --- batched maths -----------------------------------------------------------------------
-
-
-def edit_probs(
-    probs: torch.Tensor,
-    image: torch.Tensor,
-    sinks: torch.Tensor,
-    p: torch.Tensor,
-    threshold: torch.Tensor,
-    summ: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAR on a batch of requests with their own masks and parameters.
-
-    ``probs``: ``(R, H, Q, L)`` float32 post-softmax rows of request ``r``; ``image`` and
-    ``sinks``: ``(R, L)`` bool key masks of request ``r`` in this layer; ``p``,
-    ``threshold`` (``1 - rho``) and ``summ``: ``(R,)`` float32. Returns the edited
-    probabilities and ``(R, H, Q)`` bool: the rows that changed. Per request this is
-    :func:`decoding.cores.var.select_rows` followed by
-    :func:`decoding.cores.var.redistribute`; the four masked sums of each row come from
-    one matrix product, so the last bits may differ from the core's.
-    """
-    n, heads, width, length = probs.shape
-    # Key masks, (R, L, 4): image, visual sinks, non-sink image tokens (targets), sinks.
-    masks = torch.stack((image, sinks & image, image & ~sinks, sinks), dim=-1).float()
-    img, vis, tgt, snk = (probs.reshape(n, heads * width, length) @ masks).unbind(-1)
-    share = vis / (img + var_core.SHARE_EPS * image.sum(dim=-1, keepdim=True))
-    has_visual = masks[:, :, 1].amax(dim=1, keepdim=True) > 0
-    has_target = tgt > 0
-    changed = (img >= summ[:, None]) & (share <= threshold[:, None]) & has_visual & has_target
-    # a' = a * (1 - p [sink]) + p * sum_sinks(a) * a [target] / sum_targets(a)
-    coef = p[:, None] * snk / torch.where(has_target, tgt, torch.ones_like(tgt))
-    factor = (1.0 - p[:, None, None] * masks[:, None, :, 3]) + masks[:, None, :, 2] * coef[
-        ..., None
-    ]
-    flat = probs.reshape(n, heads * width, length)
-    edited = torch.where(changed[..., None], flat * factor, flat)
-    return edited.view(n, heads, width, length), changed.view(n, heads, width)
 
 
 # --- per-request state -------------------------------------------------------------------
@@ -99,11 +70,11 @@ def _state(row: Row, device: torch.device) -> dict[str, Any]:
     if "sinks" not in st:
         cfg = row.config
         ids = torch.tensor(row.prompt, dtype=torch.long)
-        image = ids == int(cfg["image_token_id"])
+        image = ids == cfg.image_token_id
         positions = torch.nonzero(image).flatten()
         st["image"] = image.to(device)
         st["image_end"] = int(positions[-1]) if positions.numel() else -1
-        st["layers"] = [int(i) for i in cfg["layers"]]
+        st["layers"] = list(cfg.layers)
         st["sinks"] = torch.zeros(len(st["layers"]), len(row.prompt), dtype=torch.bool)
         st["sinks"] = st["sinks"].to(device)
         st["probed"] = 0  # prompt positions whose sinks are known, from 0
@@ -166,7 +137,7 @@ def _metadata(layer_name: str) -> Any:
 
 
 def decoder_layers(model: Any) -> Any:
-    return model.language_model.model.layers
+    return family_for(model.config).decoder_layers(model)
 
 
 def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | None:
@@ -187,7 +158,7 @@ def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | 
         st = _state(row, device)
         first = lengths[index] - (end - start)
         edit = None
-        if float(row.config["p"]) > 0.0 and lengths[index] - 1 > st["image_end"]:
+        if row.config.p > 0.0 and lengths[index] - 1 > st["image_end"]:
             edit = len(edited)
             edited.append((index, row, st, start, first))
         n_prompt = len(row.prompt)
@@ -255,7 +226,7 @@ def _edits(
     index_t = torch.tensor([index for index, *_ in edited], device=table.device)
 
     def params(key: str, fn: Any = float) -> torch.Tensor:
-        vals = [fn(row.config[key]) for _, row, *_ in edited]
+        vals = [fn(getattr(row.config, key)) for _, row, *_ in edited]
         return torch.tensor(vals, dtype=torch.float32, device=device)
 
     return Edits(
@@ -287,7 +258,7 @@ def _probe_hook(layer: int):  # noqa: ANN202
             a, b = probe.tokens
             x = hidden[a:b] if residual is None else hidden[a:b] + residual[a:b]
             cfg, st = probe.row.config, probe.row.state
-            mask = var_core.sink_mask(x, cfg["dims"], float(cfg["tau"]))
+            mask = var_core.sink_mask(x, list(cfg.dims), cfg.tau)
             st["sinks"][st["layers"].index(layer), probe.first : probe.first + (b - a)] = mask
             edits = plan.edits
             if probe.edit is not None and edits is not None and layer in edits.layers:
@@ -298,8 +269,9 @@ def _probe_hook(layer: int):  # noqa: ANN202
     return hook
 
 
+@hooks.register(FORWARD, "var", order=10)
 def forward(model: Any, run: Any, embeds: Any) -> Any:
-    """:data:`hooks.FORWARD`: plan the step, probe the residual stream during prefill."""
+    """``forward``: plan the step, probe the residual stream during prefill."""
     global _CURRENT
     rows = STEP.of_kind(KIND)
     if not rows:
@@ -317,6 +289,11 @@ def forward(model: Any, run: Any, embeds: Any) -> Any:
     ]
     _CURRENT = plan
     try:
+        if plan.probes:
+            # Decoder-layer pre-hooks run only in the eager language model: compiled code
+            # was traced without them.
+            with eager_step():
+                return run(embeds)
         return run(embeds)
     finally:
         _CURRENT = None
@@ -324,10 +301,11 @@ def forward(model: Any, run: Any, embeds: Any) -> Any:
             handle.remove()
 
 
+@hooks.register(ATTENTION, "var", order=30)
 def attend(
     impl: Any, layer: Any, query: torch.Tensor, kv_cache: torch.Tensor, meta: Any, out: Any
 ) -> None:
-    """:data:`hooks.ATTENTION`: VAR on the edited queries of this layer, in place."""
+    """``attention``: VAR on the edited queries of this layer, in place."""
     plan = _CURRENT
     if plan is None or plan.edits is None:
         return
@@ -348,24 +326,24 @@ def attend(
         part = part.view(n, -1, kv_heads, block, part.shape[-1]).transpose(1, 2)
         return part.reshape(n, kv_heads, -1, part.shape[-1])[:, :, : e.length].float()
 
-    # Slots past a request's length are masked out of the softmax, but they may hold
-    # anything (NaN included) and must not reach the products.
-    k = gather(key_cache)
+    # Slots past a request's length are masked out, but they may hold anything (NaN
+    # included) and must not reach the products.
+    k = torch.nan_to_num(gather(key_cache), nan=0.0, posinf=0.0, neginf=0.0)
     v = torch.nan_to_num(gather(value_cache), nan=0.0, posinf=0.0, neginf=0.0)
-    # Query head h reads KV head h // group (vLLM's and transformers' GQA layout).
+    # Query head h reads KV head h // group (vLLM's and transformers' GQA layout): each KV
+    # head carries its group's queries stacked along the query axis.
     q = query.index_select(0, e.tokens.flatten()).float().view(n, width, kv_heads, group, dim)
     q = q.permute(0, 2, 3, 1, 4).reshape(n, kv_heads, group * width, dim)
-    scores = (q @ k.transpose(-1, -2)) * impl.scale
-    scores = torch.nan_to_num(scores.view(n, heads, width, e.length), nan=0.0) + e.bias
-    probs = torch.softmax(scores, dim=-1)
-    probs, changed = edit_probs(probs, e.image, e.sinks[slot], e.p, e.threshold, e.summ)
-    new = (probs.view(n, kv_heads, group * width, e.length) @ v).view(n, heads, width, dim)
-    new = new.permute(0, 2, 1, 3)  # (R, Q, H, D)
+    bias = e.bias.repeat(1, 1, group, 1)
+    delta, changed, full = var_core.partitioned_update(
+        q, k, v, bias, float(impl.scale), e.image, e.sinks[slot], e.p, e.threshold, e.summ,
+        attention=lse_attention_for(q.device),
+    )  # fmt: skip
+    # The edited rows' new output: the recomputed output over all keys plus the change.
+    new = (full + delta).view(n, kv_heads, group, width, dim).reshape(n, heads, width, dim)
+    changed = changed.view(n, kv_heads, group, width).reshape(n, heads, width)
     output = out.view(out.shape[0], heads, -1)
     current = output.index_select(0, e.tokens.flatten()).view(n, width, heads, dim)
+    new = new.permute(0, 2, 1, 3)  # (R, Q, H, D)
     merged = torch.where(changed.permute(0, 2, 1)[..., None], new.to(output.dtype), current)
     output[e.flat_tokens] = merged.reshape(n * width, heads, dim)[e.flat_rows]
-
-
-hooks.FORWARD.append(forward)
-hooks.ATTENTION.append(attend)

@@ -79,35 +79,45 @@ app.kubernetes.io/component: server
 {{- end }}
 
 {{/*
-Strategy-derived settings.
-
-Strategies that read or edit attention from Python inside the attention backend run only
-when the backend's Python runs at every step: eager mode or PIECEWISE CUDA graphs, never
-FULL graphs (attention is captured in them).
+Strategy-derived settings. strategies.json is generated from the strategy declarations
+(deploy/helm/gen_strategies.py): each strategy's engine needs and cost factor. The rules
+below are those of decoding/strategies/rules.py, which the server applies at start-up.
 */}}
+{{- define "lucid.strategyData" -}}
+{{- .Files.Get "strategies.json" }}
+{{- end }}
+
 {{- define "lucid.knownStrategies" -}}
-none vcd avc damro opera var
+{{- $data := (include "lucid.strategyData" . | fromJson).strategies }}
+{{- keys $data | sortAlpha | join " " }}
 {{- end }}
 
-{{- define "lucid.attentionStrategies" -}}
-var avc opera
+{{/* Cost factor of one strategy: the values override, else the declaration's. */}}
+{{- define "lucid.costFactor" -}}
+{{- $data := (include "lucid.strategyData" .root | fromJson).strategies }}
+{{- if hasKey .root.Values.strategies.costFactor .name }}
+{{- index .root.Values.strategies.costFactor .name | float64 }}
+{{- else }}
+{{- (index $data .name).costFactor | float64 }}
+{{- end }}
 {{- end }}
 
-{{/* "true" when an enabled strategy needs the attention backend's Python every step. */}}
-{{- define "lucid.needsPythonAttention" -}}
-{{- $need := false }}
-{{- range .Values.strategies.enabled }}
-{{- if has . (splitList " " (include "lucid.attentionStrategies" $)) }}{{ $need = true }}{{ end }}
+{{/* Enabled strategies whose declared engine need `key` equals `value`, comma-separated. */}}
+{{- define "lucid.strategiesWith" -}}
+{{- $data := (include "lucid.strategyData" .root | fromJson).strategies }}
+{{- $out := list }}
+{{- range .root.Values.strategies.enabled }}
+{{- if eq (index (index $data .) $.key) $.value }}{{ $out = append $out . }}{{ end }}
 {{- end }}
-{{- $need }}
+{{- join ", " $out }}
 {{- end }}
 
 {{/* Cost factor of the slowest enabled strategy. */}}
 {{- define "lucid.slowestFactor" -}}
 {{- $max := 1.0 }}
 {{- range .Values.strategies.enabled }}
-{{- $f := index $.Values.strategies.costFactor . }}
-{{- if gt (float64 $f) $max }}{{ $max = float64 $f }}{{ end }}
+{{- $f := include "lucid.costFactor" (dict "root" $ "name" .) | float64 }}
+{{- if gt $f $max }}{{ $max = $f }}{{ end }}
 {{- end }}
 {{- $max }}
 {{- end }}
@@ -116,7 +126,7 @@ var avc opera
 {{- define "lucid.slowestStrategy" -}}
 {{- $max := 0.0 }}{{ $name := "none" }}
 {{- range .Values.strategies.enabled }}
-{{- $f := float64 (index $.Values.strategies.costFactor .) }}
+{{- $f := include "lucid.costFactor" (dict "root" $ "name" .) | float64 }}
 {{- if gt $f $max }}{{ $max = $f }}{{ $name = . }}{{ end }}
 {{- end }}
 {{- $name }}
@@ -145,25 +155,21 @@ the rules that span several keys.
 {{- if not (has . $known) }}
 {{- fail (printf "strategies.enabled: unknown strategy %q (known: %s)" . (join ", " $known)) }}
 {{- end }}
-{{- if not (hasKey $.Values.strategies.costFactor .) }}
-{{- fail (printf "strategies.costFactor has no entry for enabled strategy %q" .) }}
-{{- end }}
-{{- end }}
-{{- $attn := list }}
-{{- range .Values.strategies.enabled }}
-{{- if has . (splitList " " (include "lucid.attentionStrategies" $)) }}{{ $attn = append $attn . }}{{ end }}
-{{- end }}
-{{- if and $attn (hasPrefix "FULL" .Values.engine.cudagraphMode) (not .Values.engine.enforceEager) }}
-{{- fail (printf "engine.cudagraphMode=%s captures attention in FULL CUDA graphs, but %s edit attention in Python: use auto, PIECEWISE or NONE, or engine.enforceEager=true" .Values.engine.cudagraphMode (join ", " $attn)) }}
 {{- end }}
 {{- if .Values.engine.speculativeConfig }}
-{{- $others := without .Values.strategies.enabled "none" }}
-{{- if $others }}
-{{- fail (printf "engine.speculativeConfig is set, but strategies %s cannot run with speculative decoding: enable only [none] on this deployment or drop speculativeConfig" (join ", " $others)) }}
+{{- with include "lucid.strategiesWith" (dict "root" . "key" "speculativeDecoding" "value" false) }}
+{{- fail (printf "engine.speculativeConfig is set, but strategies %s cannot run with speculative decoding: enable only strategies that can, or drop speculativeConfig" .) }}
 {{- end }}
 {{- end }}
-{{- if and (has "opera" .Values.strategies.enabled) (not .Values.engine.prefixCaching) }}
-{{- fail "strategy opera needs prefix caching: set engine.prefixCaching=true or remove opera from strategies.enabled" }}
+{{- if not .Values.engine.prefixCaching }}
+{{- with include "lucid.strategiesWith" (dict "root" . "key" "prefixCaching" "value" true) }}
+{{- fail (printf "engine.prefixCaching is false, but strategies %s need prefix caching: set engine.prefixCaching=true or remove them from strategies.enabled" .) }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.engine.tensorParallelSize) 1 }}
+{{- with include "lucid.strategiesWith" (dict "root" . "key" "tensorParallel" "value" false) }}
+{{- fail (printf "engine.tensorParallelSize=%d, but strategies %s read every attention head (one rank holds a shard): use tensorParallelSize=1 or remove them from strategies.enabled" (int $.Values.engine.tensorParallelSize) .) }}
+{{- end }}
 {{- end }}
 {{- range $name, $_ := .Values.admission.maxConcurrency }}
 {{- if not (has $name $.Values.strategies.enabled) }}
@@ -245,9 +251,6 @@ the rules that span several keys.
 {{- else if ne .Values.engine.cudagraphMode "auto" }}
 - --compilation-config
 - {{ dict "cudagraph_mode" .Values.engine.cudagraphMode | toJson | quote }}
-{{- else if eq (include "lucid.needsPythonAttention" .) "true" }}
-- --compilation-config
-- {{ dict "cudagraph_mode" "PIECEWISE" | toJson | quote }}
 {{- end }}
 {{- if not .Values.engine.prefixCaching }}
 - --no-enable-prefix-caching
