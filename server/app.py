@@ -192,7 +192,7 @@ class Service:
                 adm = admission
                 pacing.set_limit(
                     settings.fanout,
-                    lambda: adm.others_running(pacing.PACED),
+                    lambda: adm.others_running(pacing.paced()),
                     idle_limit=max_num_seqs(client),
                 )
         return customize(

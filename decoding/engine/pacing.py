@@ -4,8 +4,8 @@ OPERA's runner turns one HTTP request into ``num_beams * num_candidates`` one-to
 look-ahead requests per step (512 at the parameter maxima). Submitted all at once they
 fill every engine step, and plain requests that share those steps slow down by an order
 of magnitude however few OPERA requests the admission budget lets in. Runners of
-strategies in :data:`PACED` therefore get an engine whose ``generate`` first takes one
-of :func:`set_limit` slots shared by all such requests of the process and holds it until
+strategies that fan out (:func:`paced`, from their declarations) therefore get an engine
+whose ``generate`` first takes one of :func:`set_limit` slots shared by all such requests of the process and holds it until
 that engine request ends; while other requests are running, the look-aheads of a step
 then run a few at a time and the engine keeps room for everyone else. Alone on the
 server, OPERA keeps the whole engine. Contrastive pairs are not paced: their two
@@ -18,8 +18,13 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-#: Strategies whose runner fans out into independent engine requests.
-PACED = frozenset({"opera"})
+
+def paced() -> frozenset[str]:
+    """Strategies whose runner fans out into independent engine requests."""
+    from decoding.strategies.registry import strategies
+
+    return frozenset(d.name for d in strategies() if d.engine.fans_out)
+
 
 _limit: int | None = None
 _idle_limit: int | None = None
@@ -105,4 +110,4 @@ class PacedEngine:
 
 
 def engine_for(strategy: str, engine: Any) -> Any:
-    return PacedEngine(engine) if strategy in PACED and _limit is not None else engine
+    return PacedEngine(engine) if _limit is not None and strategy in paced() else engine

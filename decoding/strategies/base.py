@@ -108,6 +108,9 @@ class EngineNeeds:
     #: The request's KV is edited: it never reads the prefix cache and its blocks are
     #: salted so no other request reuses them.
     private_kv: bool = False
+    #: Its runner fans one request out into many independent engine requests (OPERA's
+    #: look-aheads): those are paced so that plain requests keep room in the engine.
+    fans_out: bool = False
     #: KV block size on CPU (None = vLLM's); small blocks let resubmitted prefixes hit.
     cpu_block_size: int | None = None
     #: Why, per need, for start-up messages.

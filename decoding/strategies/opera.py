@@ -112,6 +112,7 @@ class OPERAStrategy(Strategy):
         # Max over heads needs every head.
         tensor_parallel=False,
         cost_factor=30.0,
+        fans_out=True,
         cpu_block_size=32,
     )
     bench_target = BenchTarget("beam-5", 0.3)
