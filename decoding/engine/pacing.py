@@ -5,11 +5,11 @@ look-ahead requests per step (512 at the parameter maxima). Submitted all at onc
 fill every engine step, and plain requests that share those steps slow down by an order
 of magnitude however few OPERA requests the admission budget lets in. Runners of
 strategies that fan out (:func:`paced`, from their declarations) therefore get an engine
-whose ``generate`` first takes one of :func:`set_limit` slots shared by all such requests of the process and holds it until
-that engine request ends; while other requests are running, the look-aheads of a step
-then run a few at a time and the engine keeps room for everyone else. Alone on the
-server, OPERA keeps the whole engine. Contrastive pairs are not paced: their two
-requests must be scheduled together.
+whose ``generate`` first takes one of :func:`set_limit` slots shared by all such
+requests of the process and holds it until that engine request ends; while other
+requests are running, the look-aheads of a step then run a few at a time and the engine
+keeps room for everyone else. Alone on the server, OPERA keeps the whole engine.
+Contrastive pairs are not paced: their two requests must be scheduled together.
 """
 
 from __future__ import annotations
