@@ -11,6 +11,7 @@ declaration names. Everything else is delegated unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -33,11 +34,16 @@ from decoding.wire import DECODING_KEY, decode_decoding
 log = logging.getLogger("lucid.engine")
 
 
+@functools.cache
+def _plain() -> Decoding:
+    return resolve(None)
+
+
 def pop_decoding(sampling_params: SamplingParams) -> Decoding:
     """Take the ``decoding`` object out of ``extra_args`` (``none`` when absent)."""
     extra = sampling_params.extra_args
     if not extra or DECODING_KEY not in extra:
-        return resolve(None)
+        return _plain()  # plain requests: no validation on the hot path
     raw = extra.pop(DECODING_KEY)
     if not extra:
         sampling_params.extra_args = None
@@ -71,7 +77,7 @@ class StrategyEngineClient:
         if isinstance(sampling_params, SamplingParams):
             decoding = pop_decoding(sampling_params)
         else:
-            decoding = resolve(None)
+            decoding = _plain()
         strategy = decoding.strategy
         runner = self._runners.get(strategy.runner_name())
         if runner is None:

@@ -15,6 +15,7 @@ and prompt handling are vLLM's LLaVA unchanged; the subclass runs the hooks regi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ ARCHITECTURE = LLAVA_15.hooked_architecture
 
 
 class LucidLlava(LlavaForConditionalGeneration):
-    @property
+    @functools.cached_property
     def stall_token(self) -> int:
         """The image placeholder id: never a real answer token, used to flag a stall."""
         return family_for(self.config).image_token(self.config)
@@ -61,8 +62,10 @@ class LucidLlava(LlavaForConditionalGeneration):
                 input_ids, positions, intermediate_tensors, inputs_embeds=embeds, **kwargs
             )
 
+        if not STEP.rows:  # plain steps: no hook list is even built
+            return run(inputs_embeds)
         outer_first = hooks.at(FORWARD)
-        if not STEP.rows or not outer_first:
+        if not outer_first:
             return run(inputs_embeds)
         chain: Callable[[torch.Tensor | None], Any] = run
         for hook in reversed(outer_first):

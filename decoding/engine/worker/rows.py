@@ -39,6 +39,7 @@ class Row:
     #: Why the settings did not decode (the row is failed).
     error: str | None = None
     reported: bool = False
+    needs: frozenset[Need] | None = None
 
     @property
     def strategy(self) -> str:
@@ -50,7 +51,9 @@ class Row:
 
         if self.config is None:
             return frozenset({("settings", str(self.error))})
-        return hooks.missing(self.config.needs())
+        if self.needs is None:  # settings are frozen: their needs once per request
+            self.needs = self.config.needs()
+        return hooks.missing(self.needs)
 
 
 class _Step:
