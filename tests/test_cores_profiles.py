@@ -10,7 +10,21 @@ from decoding.testing.tiny_llava import TINY_SINK_DIMS
 
 
 def test_bundled_profiles() -> None:
-    assert available() == ["llava-1.5-13b", "llava-1.5-7b", "tiny-llava"]
+    assert available() == [
+        "llava-1.5-13b",
+        "llava-1.5-7b",
+        "llava-onevision-qwen2-7b-ov",
+        "llava-v1.6-mistral-7b",
+        "llava-v1.6-vicuna-7b",
+        "qwen2.5-vl-3b-instruct",
+        "qwen2.5-vl-7b-instruct",
+        "qwen3-vl-8b-instruct",
+        "tiny-llava",
+        "tiny-llava-next",
+        "tiny-llava-onevision",
+        "tiny-qwen2.5-vl",
+        "tiny-qwen3-vl",
+    ]
     p7 = load_profile("llava-1.5-7b")
     assert p7.sink_dims == (1415, 2533) and p7.sink_tau == 20.0
     assert p7.var_layer_set() == list(range(2, 31))  # layers 2..30, last layer untouched

@@ -1,52 +1,124 @@
 """Per-model constants the strategies need, as small data files (one JSON per model).
 
-A profile names the VAR sink dimensions, sink threshold and edited layer range, the
-image-token id and the vision feature layer. Values for LLaVA-1.5-7B/13B come from the
-papers and official repositories (each file cites its source); the tiny test checkpoint
-has its own. The checkpoint's config is authoritative where it states a value
-(``image_token_id``, ``vision_feature_layer``, and ``sink_dims`` of the tiny model).
+A profile names the model family, the image-token id, the vision feature layer, the
+number of image tokens (``None`` where it depends on the image size) and VAR's sink
+dimensions, sink threshold and edited layer range. Every value in a bundled file cites
+its source (a config field of the checkpoint, a paper with its official repository, or
+"not published"); ``docs/profiles.md`` lists them.
 
-Lookup: :func:`profile_for` matches a ``transformers`` LLaVA config (or a dict of it) by
-the text model's hidden size and layer count, or by the ``sink_dims`` key the tiny
-builder writes. No positions are hard-coded anywhere: image positions are found from
-the image-token id in each prompt.
+VAR's sink dimensions are published only for LLaVA-1.5 (Kang et al., ICLR 2025). Other
+profiles carry ``"sink_dims": null, "tau": null``: :attr:`ModelProfile.var_calibrated`
+is then false and :meth:`ModelProfile.var_missing_reason` names the command that
+measures them (:mod:`decoding.profiles.calibrate`), so the server can refuse VAR instead
+of guessing.
+
+Lookup (:func:`profile_for`): the checkpoint's family (``model_type``, else
+``architectures[0]``), the text model's hidden size and layer count, and the text
+model's ``model_type`` where the config names one. All three are needed: LLaVA-1.5-7B,
+LLaVA-NeXT-Vicuna-7B and LLaVA-NeXT-Mistral-7B all have a 4096-wide, 32-layer text model
+(family tells the first from the others, ``llama``/``mistral`` the last two). Test
+checkpoints carry ``sink_dims`` at the top of their config and match the
+``tiny-<family>`` profile. The config is authoritative where it states a value
+(``image_token_id``/``image_token_index``, ``vision_feature_layer``, and the tiny models'
+``sink_dims``/``sink_tau``). No positions are hard-coded anywhere: image positions are
+found from the image-token id in each prompt.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from decoding.profiles.configs import (
+    as_dict,
+    family_of,
+    image_token_id,
+    text_model_type,
+    text_shape,
+)
+
+CALIBRATE = "python -m decoding.profiles.calibrate"
+#: Profiles of test checkpoints match on this config key.
+TINY_KEY = "sink_dims"
+
+
+class VARUncalibrated(ValueError):
+    """VAR was asked for on a model whose sink dimensions or threshold are unknown."""
 
 
 @dataclass(frozen=True)
 class ModelProfile:
     name: str
     image_token_id: int | None
-    vision_feature_layer: int
-    image_tokens: int
+    #: ``hidden_states`` index LLaVA reads image features from; ``None`` for Qwen (the
+    #: merger output of the last ViT block).
+    vision_feature_layer: int | None
+    #: Image tokens per image; ``None`` where it depends on the image (anyres, dynamic
+    #: resolution).
+    image_tokens: int | None
+    #: VAR's ``D_sink``; empty when not calibrated.
     sink_dims: tuple[int, ...]
-    sink_tau: float
+    #: VAR's ``tau`` on ``phi``; ``None`` when not calibrated.
+    sink_tau: float | None
     #: Decoder layers VAR edits and reads sinks in: ``range(*var_layers)``.
     var_layers: tuple[int, int]
     match: dict[str, Any]
+    family: str = "llava-1.5"
+    #: The Hugging Face repository the values were taken from (``None`` for test models).
+    checkpoint: str | None = None
+    #: Where the VAR values come from, or why they are missing.
+    var_source: str = ""
+    #: Field name -> source, as in the JSON file.
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def var_layer_set(self) -> list[int]:
         return list(range(*self.var_layers))
 
+    @property
+    def var_calibrated(self) -> bool:
+        """Sink dimensions and threshold are both known."""
+        return bool(self.sink_dims) and self.sink_tau is not None
+
+    def var_missing_reason(self) -> str:
+        """Why VAR cannot run on this model and how to fix it; ``""`` if it can."""
+        if self.var_calibrated:
+            return ""
+        model = self.checkpoint or self.name
+        return (
+            f"VAR needs the sink dimensions and sink threshold of {model}, which are not "
+            f"published ({self.var_source or 'no source'}). Measure them with "
+            f"`{CALIBRATE} MODEL_DIR --images DIR --out decoding/profiles/{self.name}.json` "
+            "and restart the server"
+        )
+
+    def require_var(self) -> None:
+        """Raise :class:`VARUncalibrated` with :meth:`var_missing_reason` if needed."""
+        if not self.var_calibrated:
+            raise VARUncalibrated(self.var_missing_reason())
+
 
 def _from_json(data: dict[str, Any]) -> ModelProfile:
     v = data["var"]
+    dims = v.get("sink_dims")
+    tau = v.get("tau")
+    vfl = data.get("vision_feature_layer")
+    tokens = data.get("image_tokens")
     return ModelProfile(
         name=data["name"],
         image_token_id=data.get("image_token_id"),
-        vision_feature_layer=int(data["vision_feature_layer"]),
-        image_tokens=int(data["image_tokens"]),
-        sink_dims=tuple(int(d) for d in v["sink_dims"]),
-        sink_tau=float(v["tau"]),
+        vision_feature_layer=int(vfl) if vfl is not None else None,
+        image_tokens=int(tokens) if tokens is not None else None,
+        sink_dims=tuple(int(d) for d in dims) if dims else (),
+        sink_tau=float(tau) if tau is not None else None,
         var_layers=(int(v["layers"][0]), int(v["layers"][1])),
         match=dict(data["match"]),
+        family=data.get("family", "llava-1.5"),
+        checkpoint=data.get("checkpoint"),
+        var_source=str(v.get("source", "")),
+        sources=dict(data.get("sources", {})),
     )
 
 
@@ -57,58 +129,80 @@ def available() -> list[str]:
 
 
 def load_profile(name: str) -> ModelProfile:
-    """A bundled profile by name (``llava-1.5-7b``, ``llava-1.5-13b``, ``tiny-llava``)."""
+    """A bundled profile by name (``llava-1.5-7b``, ``qwen2.5-vl-7b-instruct``, ...)."""
     path = resources.files(__name__) / f"{name}.json"
     if not path.is_file():
         raise KeyError(f"no model profile {name!r}; available: {', '.join(available())}")
     return _from_json(json.loads(path.read_text()))
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-    if isinstance(config, dict):
-        return config
-    return config.to_dict()
+def load_profile_file(path: str | Path) -> ModelProfile:
+    """A profile from any JSON file of the bundled schema (e.g. a calibration's output)."""
+    return _from_json(json.loads(Path(path).read_text()))
+
+
+def _matches(prof: ModelProfile, cfg: dict[str, Any], family: str | None) -> bool:
+    """Family, text shape, and the text model's type where both sides name it (it tells
+    LLaVA-NeXT-Vicuna-7B from LLaVA-NeXT-Mistral-7B: same family, same shape)."""
+    m = prof.match
+    if family is not None and prof.family != family:
+        return False
+    if (m.get("text_hidden_size"), m.get("text_num_layers")) != text_shape(cfg):
+        return False
+    text_type = text_model_type(cfg)
+    return not (m.get("text_model_type") and text_type and m["text_model_type"] != text_type)
 
 
 def profile_for(config: Any) -> ModelProfile:
-    """The profile of a LLaVA config, with the config's own values filled in."""
-    cfg = _as_dict(config)
-    text = cfg.get("text_config") or {}
-    chosen = None
-    for name in available():
-        prof = load_profile(name)
-        m = prof.match
-        if "config_has" in m:
-            if m["config_has"] in cfg:
-                chosen = prof
-                break
-        elif (
-            text.get("hidden_size") == m["text_hidden_size"]
-            and text.get("num_hidden_layers") == m["text_num_layers"]
-        ):
-            chosen = prof
-            break
-    if chosen is None:
+    """The profile of a checkpoint config (object or dict), with the config's own values
+    filled in. Raises ``KeyError`` when no profile, or more than one, matches."""
+    cfg = as_dict(config)
+    family = family_of(cfg)
+    shape = text_shape(cfg)
+    profiles = [load_profile(n) for n in available()]
+    tiny = bool(cfg.get(TINY_KEY))
+    if tiny:
+        # A family-less dict is the LLaVA-1.5 layout the tiny builder started with.
+        fam = family or "llava-1.5"
+        found = [p for p in profiles if p.match.get("config_has") == TINY_KEY and p.family == fam]
+    else:
+        found = [p for p in profiles if "config_has" not in p.match and _matches(p, cfg, family)]
+    if len(found) != 1:
+        what = "no model profile matches" if not found else "several model profiles match"
         raise KeyError(
-            "no model profile matches this checkpoint (text hidden size "
-            f"{text.get('hidden_size')}, {text.get('num_hidden_layers')} layers); add one "
-            "to decoding/profiles"
+            f"{what} this checkpoint (family {family or 'unknown'}, text hidden size "
+            f"{shape[0]}, {shape[1]} layers{', test model' if tiny else ''}"
+            f"{': ' + ', '.join(p.name for p in found) if found else ''}); add or fix a "
+            "profile in decoding/profiles"
         )
-    image_token = cfg.get("image_token_id", cfg.get("image_token_index"))
+    return _with_config_values(found[0], cfg, tiny, shape[1])
+
+
+def _with_config_values(
+    prof: ModelProfile, cfg: dict[str, Any], tiny: bool, layers: int | None
+) -> ModelProfile:
     updates: dict[str, Any] = {}
-    if image_token is not None:
-        updates["image_token_id"] = int(image_token)
+    token = image_token_id(cfg)
+    if token is not None:
+        updates["image_token_id"] = token
     if isinstance(cfg.get("vision_feature_layer"), int):
         updates["vision_feature_layer"] = int(cfg["vision_feature_layer"])
-    if cfg.get("sink_dims"):
-        updates["sink_dims"] = tuple(int(d) for d in cfg["sink_dims"])
-    return _replace(chosen, **updates)
+    if tiny:
+        updates["sink_dims"] = tuple(int(d) for d in cfg[TINY_KEY])
+        if cfg.get("sink_tau") is not None:
+            updates["sink_tau"] = float(cfg["sink_tau"])
+        # Test models differ in depth: edit from the profile's first layer to L - 2.
+        if layers is not None and layers - 1 > prof.var_layers[0]:
+            updates["var_layers"] = (prof.var_layers[0], layers - 1)
+    return replace(prof, **updates)
 
 
-def _replace(profile: ModelProfile, **changes: Any) -> ModelProfile:
-    from dataclasses import replace
-
-    return replace(profile, **changes)
-
-
-__all__ = ["ModelProfile", "available", "load_profile", "profile_for"]
+__all__ = [
+    "CALIBRATE",
+    "ModelProfile",
+    "VARUncalibrated",
+    "available",
+    "load_profile",
+    "load_profile_file",
+    "profile_for",
+]
