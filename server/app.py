@@ -31,6 +31,8 @@ def customize(
     max_body_bytes: int,
     execution: dict[str, Any] | None = None,
     admission: Admission | None = None,
+    model_family: str | None = None,
+    unavailable: dict[str, str] | None = None,
 ) -> FastAPI:
     """Add the ``decoding`` middleware and our routes to vLLM's app (in place)."""
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/version"]
@@ -50,6 +52,8 @@ def customize(
             "version": __version__,
             **versions,
             "strategies": enabled,
+            "model_family": model_family,
+            "unavailable": unavailable or {},
             "execution": execution,
             "admission": limits,
         }
@@ -65,6 +69,9 @@ def customize(
                     "strategy": name,
                     **strat.describe(),
                     "description": (strat.__doc__ or "").strip().split("\n\n")[0],
+                    # Undefined on the served model family: requests get a 400 with this.
+                    "available": name not in (unavailable or {}),
+                    "unavailable_reason": (unavailable or {}).get(name),
                 }
             )
         return JSONResponse({"object": "list", "data": data})
@@ -80,6 +87,7 @@ def customize(
         metrics=metrics,
         max_body_bytes=max_body_bytes,
         admission=admission,
+        unavailable=unavailable,
     )
     return app
 
@@ -176,6 +184,8 @@ class Service:
         self.versions = {"version": __version__, **frontend.versions()}
         #: How steps run (compiled or eager, CUDA graphs), reported by ``/version``.
         self.execution = frontend.execution_summary(args, enabled)
+        self.model_family: str | None = getattr(args, "model_family", None)
+        self.unavailable = frontend.unavailable_strategies(args, enabled)
         extra = {} if registry is None else {"registry": registry}
         self.metrics = Metrics(served_model_name(args), enabled, self.versions, **extra)
 
@@ -203,4 +213,6 @@ class Service:
             max_body_bytes=self.args.max_request_bytes,
             execution=self.execution,
             admission=admission,
+            model_family=self.model_family,
+            unavailable=self.unavailable,
         )

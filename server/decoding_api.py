@@ -82,10 +82,14 @@ def check_reserved(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def admit(
-    body: Any, endpoint: Endpoint | str, enabled: list[str]
+    body: Any,
+    endpoint: Endpoint | str,
+    enabled: list[str],
+    unavailable: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], Decoding]:
     """Validate and rewrite one request body for ``endpoint`` (or its name, e.g.
-    ``"chat"``); raise :class:`RequestRejected`."""
+    ``"chat"``); raise :class:`RequestRejected`. ``unavailable`` maps strategies that are
+    undefined on the served model to why."""
     if isinstance(endpoint, str):
         endpoint = next(e for e in ENDPOINTS.values() if e.name == endpoint)
     if not isinstance(body, dict):
@@ -96,6 +100,12 @@ def admit(
         body = decoding.strategy.adjust_request(decoding.params, body)
     except DecodingParamError as exc:
         raise RequestRejected(exc.message, param=exc.param) from None
+    if unavailable and decoding.name in unavailable:
+        raise RequestRejected(
+            f"strategy {decoding.name!r} is not available on this model: "
+            f"{unavailable[decoding.name]}",
+            param="decoding.strategy",
+        )
     if decoding.strategy.needs_image and not endpoint.has_image(body):
         raise RequestRejected(
             f"strategy {decoding.name!r} needs an image, but the {endpoint.path} request has "
@@ -140,9 +150,11 @@ class DecodingMiddleware:
         metrics: Metrics | None,
         max_body_bytes: int,
         admission: Admission | None = None,
+        unavailable: dict[str, str] | None = None,
     ) -> None:
         self.app = app
         self.enabled = enabled
+        self.unavailable = unavailable or {}
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.admission = admission
@@ -164,7 +176,7 @@ class DecodingMiddleware:
                 return
             body = self._parse(raw)
             strategy = _strategy_label(body)
-            body, decoding = admit(body, endpoint, self.enabled)
+            body, decoding = admit(body, endpoint, self.enabled, self.unavailable)
             cost = decoding.strategy.cost(decoding.params) * endpoint.answers(body)
             ticket = await self._acquire(decoding.name, cost)
         except RequestRejected as exc:

@@ -11,7 +11,7 @@ import torch
 
 from decoding.reference import reference_generate
 from decoding.reference.attention import lucid_attention
-from decoding.reference.inputs import encode, image_features, splice
+from decoding.reference.inputs import encode
 from decoding.reference.opera import _candidate_scores
 from decoding.strategies import resolve
 from decoding.testing import synthetic
@@ -27,12 +27,12 @@ def tiny(tiny_llava_dir: Path):  # noqa: ANN201
     return model, AutoProcessor.from_pretrained(tiny_llava_dir)
 
 
-def _independent(model, embeds, tokens, cand, prompt_len, image_pos, scale):  # noqa: ANN001, ANN202
+def _independent(model, enc, tokens, cand, prompt_len, image_pos, scale):  # noqa: ANN001, ANN202
     """phi, location and image mass of ``cand`` after ``tokens``, from one full forward."""
-    ids = torch.tensor([tokens + [cand]])
-    full = torch.cat([embeds, model.get_input_embeddings()(ids)], dim=1)
+    ids = torch.cat([enc.input_ids, torch.tensor([tokens + [cand]])], dim=1)
     with torch.no_grad():
-        att = model(inputs_embeds=full, output_attentions=True).attentions[-1][0]
+        out = model(input_ids=ids, pixel_values=enc.pixel_values, output_attentions=True)
+        att = out.attentions[-1][0]
     rows = att.max(dim=0).values[prompt_len:].double().numpy()  # generated rows + candidate
     rows = rows / rows.sum(-1, keepdims=True)
     w = rows[:, prompt_len:]
@@ -51,12 +51,10 @@ def test_candidate_penalty_matches_full_forward(tiny, generated: int) -> None:  
     assert len(tokens) == generated
     enc = encode(model, processor, image, prompt)
     with torch.no_grad():
-        embeds = splice(model, enc.input_ids, image_features(model, enc.pixel_values))
         with lucid_attention(model):
             out = model(
-                inputs_embeds=torch.cat(
-                    [embeds, model.get_input_embeddings()(torch.tensor([tokens]))], dim=1
-                ),
+                input_ids=torch.cat([enc.input_ids, torch.tensor([tokens])], dim=1),
+                pixel_values=enc.pixel_values,
                 use_cache=True,
                 output_attentions=True,
             )
@@ -72,7 +70,7 @@ def test_candidate_penalty_matches_full_forward(tiny, generated: int) -> None:  
             penalty, loc = _candidate_scores(model, cache, cands, rows, plen, image_mask, params)
     pos = enc.image_positions.numpy()
     for c in range(5):
-        phi, where, mass = _independent(model, embeds, tokens, int(cands[0, c]), plen, pos, 50.0)
+        phi, where, mass = _independent(model, enc, tokens, int(cands[0, c]), plen, pos, 50.0)
         if generated + 1 <= 10:
             assert float(penalty[0, c]) == pytest.approx(mass, rel=1e-4)
         else:

@@ -1,80 +1,133 @@
-"""Model families: what differs between VLM architectures, in one adapter each.
+"""Served model-family adapters: where each family's parts live inside vLLM's model.
 
-Strategy code (runners, worker hooks) asks the family adapter of the served checkpoint
-for what depends on the architecture: the image-token id (also the stall token: a
-placeholder is never a real answer token), the decoder layers VAR probes, the vision
-attention DAMRO scores, and the hooked model class the server selects. The server picks
-the adapter from the checkpoint's architecture at start-up; with strategies enabled on an
-architecture no adapter serves, start-up fails with the list of supported families
-(``--strategies none`` serves any model vLLM serves).
+Strategy code (runners, worker hooks) is written once against :class:`Family`; what
+differs between architectures *as data* (image token, pixel layout, undefined
+strategies) is in :mod:`decoding.families`, and what differs in vLLM's module tree is
+here: the hooked model class the server selects, the language model's decoder layers
+(VAR's residual-stream probes), the vision tower's [CLS] attention (DAMRO), and extra
+per-step inputs a two-pass step must carry (Qwen3-VL's deepstack buffer, AVC).
 
-Supported: LLaVA-1.5 (``LlavaForConditionalGeneration``). Adding a family means one
-adapter here, a hooked model class in ``worker/model.py``, a profile in
-``decoding/profiles`` and a test-checkpoint builder in ``decoding/testing``.
+The server picks the adapter from the checkpoint's architecture at start-up; with
+strategies enabled on an architecture no adapter serves, start-up fails with the list of
+supported families (``--strategies none`` serves any model vLLM serves). No vLLM import
+here: the hooked classes are named as ``module:Class`` and built in ``worker/model.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+from decoding.families import (
+    LLAVA_15 as _LLAVA_15,
+)
+from decoding.families import (
+    LLAVA_NEXT,
+    LLAVA_ONEVISION,
+    QWEN3_VL,
+    QWEN25_VL,
+    ModelFamily,
+    UnsupportedModel,
+    family_of,
+)
+
+__all__ = ["FAMILIES", "LLAVA_15", "Family", "UnsupportedModel", "family_for"]
+
+
+class DeepstackBuffer:
+    """Qwen3-VL adds image features after its first decoder layers from a buffer that
+    ``embed_input_ids`` fills and ``forward`` zeroes after the pass (vLLM 0.32
+    ``qwen3_vl.py:3161, 3217``). A second pass in the same step must put them back, with
+    the rows of masked image tokens zeroed (AVC: the masked image must not re-enter)."""
+
+    @staticmethod
+    def save(model: Any, tokens: int) -> list[torch.Tensor] | None:
+        buffers = getattr(model, "deepstack_input_embeds", None)
+        if not buffers or not getattr(model, "deepstack_input_embeds_num_tokens", 0):
+            return None
+        return [b[:tokens].clone() for b in buffers]
+
+    @staticmethod
+    def restore(model: Any, saved: list[torch.Tensor] | None, masked: torch.Tensor) -> None:
+        if saved is None:
+            return
+        for buffer, rows in zip(model.deepstack_input_embeds, saved, strict=True):
+            rows[masked] = 0
+            buffer[: rows.shape[0]].copy_(rows)
+        model.deepstack_input_embeds_num_tokens = saved[0].shape[0]
+
+
+def _language_layers(model: Any) -> Any:
+    return model.language_model.model.layers
+
+
+def _clip_last_layer(model: Any) -> Any:
+    return model.vision_tower.vision_model.encoder.layers[-1].self_attn
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str
-    #: The checkpoints' ``architectures`` entries this adapter serves.
-    architectures: tuple[str, ...]
+    model: ModelFamily
     #: The hooked model class: registered architecture name and ``module:Class``.
     hooked_architecture: str
     hooked_class: str
-    #: ``hf_config -> image placeholder id``.
-    image_token: Callable[[Any], int]
     #: ``model -> its language model's decoder layers`` (VAR's residual-stream probes).
-    decoder_layers: Callable[[Any], Any]
+    decoder_layers: Callable[[Any], Any] = _language_layers
     #: ``model -> the self-attention module of the vision tower's feature layer``, whose
     #: fused ``qkv_proj`` DAMRO reads; None where the tower has no [CLS] token.
-    vision_attention: Callable[[Any], Any] | None
-    #: Strategies undefined on this family, each with why (a 400 at admission).
-    undefined: dict[str, str] = field(default_factory=dict)
+    vision_attention: Callable[[Any], Any] | None = _clip_last_layer
+    #: Per-step inputs besides the embeddings that a second pass must see again.
+    extra_inputs: type[DeepstackBuffer] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return self.model.architectures
+
+    @property
+    def undefined(self) -> dict[str, str]:
+        return self.model.undefined
+
+    def image_token(self, hf_config: Any) -> int:
+        return self.model.image_token(hf_config)
 
 
-def _llava_image_token(hf_config: Any) -> int:
-    return int(getattr(hf_config, "image_token_index", None) or hf_config.image_token_id)
+_MODEL = "decoding.engine.worker.model"
 
-
-LLAVA_15 = Family(
-    name="llava-1.5",
-    architectures=("LlavaForConditionalGeneration",),
-    hooked_architecture="LucidLlavaForConditionalGeneration",
-    hooked_class="decoding.engine.worker.model:LucidLlava",
-    image_token=_llava_image_token,
-    decoder_layers=lambda model: model.language_model.model.layers,
-    vision_attention=lambda model: model.vision_tower.vision_model.encoder.layers[-1].self_attn,
+LLAVA_15 = Family(_LLAVA_15, "LucidLlavaForConditionalGeneration", f"{_MODEL}:LucidLlava")
+FAMILIES: tuple[Family, ...] = (
+    LLAVA_15,
+    Family(LLAVA_NEXT, "LucidLlavaNextForConditionalGeneration", f"{_MODEL}:LucidLlavaNext"),
+    Family(
+        LLAVA_ONEVISION,
+        "LucidLlavaOnevisionForConditionalGeneration",
+        f"{_MODEL}:LucidLlavaOnevision",
+        vision_attention=None,
+    ),
+    Family(
+        QWEN25_VL,
+        "LucidQwen2_5_VLForConditionalGeneration",
+        f"{_MODEL}:LucidQwen2_5_VL",
+        vision_attention=None,
+    ),
+    Family(
+        QWEN3_VL,
+        "LucidQwen3VLForConditionalGeneration",
+        f"{_MODEL}:LucidQwen3VL",
+        vision_attention=None,
+        extra_inputs=DeepstackBuffer,
+    ),
 )
-
-FAMILIES: tuple[Family, ...] = (LLAVA_15,)
-
-
-class UnsupportedModel(ValueError):
-    pass
-
-
-def _architectures(hf_config: Any) -> list[str]:
-    archs = getattr(hf_config, "architectures", None)
-    if archs is None and isinstance(hf_config, dict):
-        archs = hf_config.get("architectures")
-    return list(archs or [])
+_HOOKED = {f.hooked_architecture: f.name for f in FAMILIES}
 
 
 def family_for(hf_config: Any) -> Family:
     """The adapter serving ``hf_config``'s architecture (hooked or not)."""
-    archs = _architectures(hf_config)
-    for family in FAMILIES:
-        if any(a in family.architectures or a == family.hooked_architecture for a in archs):
-            return family
-    supported = ", ".join(f"{f.name} ({', '.join(f.architectures)})" for f in FAMILIES)
-    raise UnsupportedModel(
-        f"strategies are not supported on architecture {', '.join(archs) or 'unknown'}; "
-        f"supported families: {supported}. Serve it with --strategies none"
-    )
+    model = family_of(hf_config, _HOOKED)
+    return next(f for f in FAMILIES if f.model is model)

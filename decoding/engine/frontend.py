@@ -164,7 +164,13 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
         return []
     check_served(enabled)
     family = model_family(args)
+    args.model_family = family.name
     notes = [f"family={family.name}", f"architecture={family.hooked_architecture}"]
+    if family.model.pixel_layout == "patches" and getattr(args, "mm_device_do_normalize", None):
+        # Pixel contrasts (VCD) transform normalised pixels; with device normalisation
+        # the API process holds uint8 patches (vLLM 0.32 qwen2_5_vl.py:1325).
+        args.mm_device_do_normalize = False
+        notes.append("mm_device_do_normalize=False (pixel contrasts need normalised pixels)")
     overrides = args.hf_overrides
     if isinstance(overrides, str):
         overrides = json.loads(overrides) if overrides.strip() else {}
@@ -189,6 +195,18 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         notes.append("VLLM_USE_V2_MODEL_RUNNER=0 (the row carrier is a V1 logits processor)")
     return notes
+
+
+def unavailable_strategies(args: argparse.Namespace, enabled: list[str]) -> dict[str, str]:
+    """Enabled strategies that are undefined on the served model family, with why (the
+    request gets a 400 quoting it)."""
+    name = getattr(args, "model_family", None)
+    if name is None:
+        return {}
+    from decoding.families import family_named
+
+    undefined = family_named(name).undefined
+    return {s: undefined[s] for s in enabled if s in undefined}
 
 
 def execution_summary(args: argparse.Namespace, enabled: list[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from vllm.exceptions import VLLMServerError
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
-from decoding.engine.families import family_for
+from decoding.engine.families import Family, family_for
 from decoding.observe import Event, ExtraTokens, StrategyObserver
 from decoding.strategies.base import Strategy, StrategyParams
 from decoding.tally import Tally, current_tally
@@ -61,9 +61,12 @@ class RunContext:
         if self.observer is not None and count:
             self.observer.event(self.name, name, count)
 
+    def family(self) -> Family:
+        """The served checkpoint's model-family adapter."""
+        return family_for(self.engine.model_config.hf_config)
+
     def image_token(self) -> int:
-        hf = self.engine.model_config.hf_config
-        return family_for(hf).image_token(hf)
+        return self.family().image_token(self.engine.model_config.hf_config)
 
     def stall_token(self) -> int:
         """The token the engine forces on rows it cannot decode as asked (the image

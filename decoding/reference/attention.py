@@ -60,8 +60,10 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)
 
 
 def decoder_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention module of every decoder layer of a LLaVA model, in order."""
-    return [layer.self_attn for layer in model.model.language_model.layers]
+    """The self-attention module of every decoder layer of the language model, in order."""
+    from decoding.reference.families import reference_family
+
+    return [layer.self_attn for layer in reference_family(model.config).decoder_layers(model)]
 
 
 @contextmanager

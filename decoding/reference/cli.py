@@ -16,12 +16,13 @@ from typing import Any
 
 
 def load(model_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> tuple[Any, Any]:
-    """Model (eager attention, eval mode) and processor of a LLaVA checkpoint."""
+    """Model (eager attention, eval mode) and processor of a checkpoint of any supported
+    family (its ``architectures`` pick the ``transformers`` class)."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = LlavaForConditionalGeneration.from_pretrained(
+    model = AutoModelForImageTextToText.from_pretrained(
         model_dir, attn_implementation="eager", dtype=torch_dtype
     )
     return model.to(device).eval(), AutoProcessor.from_pretrained(model_dir)

@@ -35,7 +35,15 @@ from decoding.cores import var as var_core
 from decoding.cores.contrastive import Choice, choose, contrast_logits, forced_choice
 from decoding.profiles import ModelProfile, profile_for
 from decoding.reference.attention import decoder_attention_modules, lucid_attention
-from decoding.reference.inputs import PromptInputs, encode, eos_ids, image_features, splice
+from decoding.reference.families import reference_family
+from decoding.reference.inputs import (
+    PromptInputs,
+    encode,
+    encoder_outputs,
+    eos_ids,
+    forward_kwargs,
+    repeat_encoding,
+)
 from decoding.strategies import Decoding, resolve
 from decoding.strategies.base import Family, Strategy
 from decoding.strategies.contrast import BlindTokens, OutlierTokens, PixelContrast
@@ -60,22 +68,27 @@ class ReferenceResult:
 
 
 class Branch:
-    """One KV cache and the input that started it."""
+    """One KV cache and the input that started it: token ids and the image encoding
+    the forward splices into them (None for a text-only prompt)."""
 
-    def __init__(self, model: Any, embeds: torch.Tensor) -> None:
+    def __init__(self, model: Any, inputs: PromptInputs, encoded: Any) -> None:
         self.model = model
-        self.embeds = embeds
+        self.inputs = inputs
+        self.encoded = encoded
         self.cache: Any = None
 
     def prefill(self, output_attentions: bool = False) -> tuple[torch.Tensor, Any]:
         out = self.model(
-            inputs_embeds=self.embeds, use_cache=True, output_attentions=output_attentions
+            input_ids=self.inputs.input_ids,
+            use_cache=True,
+            output_attentions=output_attentions,
+            **forward_kwargs(self.inputs, self.encoded),
         )
         self.cache = out.past_key_values
         return out.logits[0, -1].float(), out
 
     def step(self, token: int) -> torch.Tensor:
-        ids = torch.tensor([[token]], device=self.embeds.device)
+        ids = torch.tensor([[token]], device=self.inputs.input_ids.device)
         out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[0, -1].float()
@@ -85,20 +98,41 @@ def _decoding(decoding: Any) -> Decoding:
     return decoding if isinstance(decoding, Decoding) else resolve(decoding)
 
 
-def _clean_embeds(model: Any, inputs: PromptInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    feats = None if inputs.pixel_values is None else image_features(model, inputs.pixel_values)
-    return splice(model, inputs.input_ids, feats), feats
+def _clean(model: Any, inputs: PromptInputs) -> Any:
+    return None if inputs.pixel_values is None else encoder_outputs(model, inputs)
+
+
+def _with_rows(encoded: Any, rows: torch.Tensor, edit: Any) -> Any:
+    """``encoded`` with ``edit(features, rows)`` applied to the concatenated features
+    of every output (the spliced ones and Qwen3-VL's deepstack levels)."""
+    out = repeat_encoding(encoded, 1)
+    sizes = [int(f.shape[0]) for f in encoded.pooler_output]
+
+    def apply(parts: Any, deep: bool) -> tuple[torch.Tensor, ...]:
+        flat = edit(torch.cat(list(parts), dim=0), rows, deep)
+        return tuple(torch.split(flat, sizes))
+
+    out.pooler_output = apply(encoded.pooler_output, False)
+    deep = getattr(encoded, "deepstack_features", None)
+    if deep:
+        out.deepstack_features = [apply(level, True) for level in deep]
+    return out
 
 
 # --- contrast inputs -------------------------------------------------------------------
 
 
-def _pixel_contrast(
-    model: Any, inputs: PromptInputs, form: PixelContrast, params: Any
-) -> torch.Tensor:
-    """The prompt with each image's pixels transformed (VCD: diffusion noise)."""
-    pixels = torch.stack([form.transform(px, params) for px in inputs.pixel_values])
-    return splice(model, inputs.input_ids, image_features(model, pixels))
+def _pixel_contrast(model: Any, inputs: PromptInputs, form: PixelContrast, params: Any) -> Any:
+    """The image encoding of each image's pixels transformed (VCD: diffusion noise), in
+    the family's pixel layout."""
+    fam = inputs.family
+
+    def transform(px: torch.Tensor) -> torch.Tensor:
+        return form.transform(px, params)
+
+    images = fam.per_image(inputs.pixel_values, inputs.vision)
+    pixels = fam.join([fam.model.map_pixels(px, transform, model.config) for px in images])
+    return encoder_outputs(model, inputs, pixels)
 
 
 def avc_image_attention(
@@ -108,17 +142,24 @@ def avc_image_attention(
     return torch.stack([a[0, :, -1, positions].float().mean(dim=0) for a in attentions])
 
 
-def _avc_contrast(
-    clean_embeds: torch.Tensor, prefill_out: Any, inputs: PromptInputs, params: Any, info: dict
-) -> torch.Tensor:
+def _avc_contrast(encoded: Any, prefill_out: Any, inputs: PromptInputs, params: Any, info: dict):  # noqa: ANN202
+    """The clean encoding with every non-blind image token's features replaced (zeros
+    or ones), which the forward splices as the masked embeddings; deepstack features
+    of those tokens are zeroed (``decoding.families.QWEN3_VL`` deviations)."""
     attn = avc_image_attention(prefill_out.attentions, inputs.image_positions)
     blind = avc_core.blind_tokens(attn, params.gamma, params.lamb)
     info["avc_layers"] = avc_core.select_layers(attn.double().sum(-1), params.gamma).tolist()
     info["avc_blind"] = torch.nonzero(blind).flatten().tolist()
-    masked = avc_core.mask_image_embeddings(
-        clean_embeds[0], inputs.image_positions, blind, params.mask
-    )
-    return masked.unsqueeze(0)
+    order = torch.arange(blind.numel(), device=blind.device)
+
+    def edit(feats: torch.Tensor, rows: torch.Tensor, deep: bool) -> torch.Tensor:
+        if deep:
+            out = feats.clone()
+            out[~blind] = 0.0
+            return out
+        return avc_core.mask_image_embeddings(feats, rows, blind, params.mask)
+
+    return _with_rows(encoded, order, edit)
 
 
 def vision_qk(
@@ -148,20 +189,25 @@ def vision_qk(
 def _damro_contrast(
     model: Any,
     inputs: PromptInputs,
-    feats: torch.Tensor,
+    encoded: Any,
     top_k: int,
     profile: ModelProfile,
     info: dict,
-) -> torch.Tensor:
+) -> tuple[PromptInputs, Any]:
+    """The prompt with its image run shortened to the ``top_k`` [CLS]-outlier tokens,
+    in descending score order, and their features."""
     q, k = vision_qk(model, inputs.pixel_values, profile.vision_feature_layer)
     scores = damro_core.cls_patch_attention(q, k)
     outliers = damro_core.top_outliers(scores, top_k)
     info["damro_outliers"] = outliers.tolist()
     ids = inputs.input_ids[0]
     first, last = int(inputs.image_positions[0]), int(inputs.image_positions[-1])
-    embed = model.get_input_embeddings()
-    parts = [embed(ids[:first]), feats[outliers].to(feats.dtype), embed(ids[last + 1 :])]
-    return torch.cat(parts, dim=0).unsqueeze(0)
+    image = torch.full((len(outliers),), inputs.image_token_id, dtype=ids.dtype)
+    short = torch.cat([ids[:first], image.to(ids.device), ids[last + 1 :]]).unsqueeze(0)
+    feats = encoded.pooler_output[0]
+    out = repeat_encoding(encoded, 1)
+    out.pooler_output = (feats[outliers],)
+    return inputs.with_ids(short), out
 
 
 # --- VAR -------------------------------------------------------------------------------
@@ -184,7 +230,7 @@ class VARState:
         self.sinks: dict[int, torch.Tensor] = {}
         self.edited_rows = 0
         self._handles: list[Any] = []
-        decoder = model.model.language_model.layers
+        decoder = inputs.family.decoder_layers(model)
         for i in self.layers:
             self._handles.append(
                 decoder[i].register_forward_pre_hook(self._probe(i), with_kwargs=True)
@@ -267,6 +313,9 @@ def reference_generate(
     dec.strategy.check_request(params, {"temperature": temperature, "top_p": top_p})
     if dec.strategy.needs_image and image is None:
         raise ValueError(f"strategy {name!r} needs an image")
+    undefined = reference_family(model.config).model.undefined
+    if name in undefined:
+        raise ValueError(f"strategy {name!r} is not available on this model: {undefined[name]}")
     profile = profile or profile_for(model.config)
     inputs = encode(model, processor, image, prompt, profile.image_token_id)
     stop = eos_ids(model, processor)
@@ -322,8 +371,8 @@ def _decode(
     info: dict,
     forced: list[int] | None = None,
 ) -> tuple[list[int], list[float], list[float], str]:
-    clean_embeds, feats = _clean_embeds(model, inputs)
-    clean = Branch(model, clean_embeds)
+    encoded = _clean(model, inputs)
+    clean = Branch(model, inputs, encoded)
     # The edit is chosen by the strategy's family and its own parameters, not by the
     # served path's engine settings: the reference stays an independent oracle.
     edits = strategy.family == Family.ATTENTION_EDIT
@@ -333,17 +382,18 @@ def _decode(
         logits, out = clean.prefill(output_attentions=isinstance(form, BlindTokens))
         contrast: Branch | None = None
         alpha = params.alpha if form is not None else 0.0
+        c_inputs, c_encoded = inputs, encoded
         if isinstance(form, BlindTokens):  # blind tokens are reported even when alpha is 0
-            contrast_embeds = _avc_contrast(clean_embeds, out, inputs, params, info)
+            c_encoded = _avc_contrast(encoded, out, inputs, params, info)
         elif isinstance(form, OutlierTokens):
             top_k = form.count(params)
-            contrast_embeds = _damro_contrast(model, inputs, feats, top_k, profile, info)
+            c_inputs, c_encoded = _damro_contrast(model, inputs, encoded, top_k, profile, info)
         elif isinstance(form, PixelContrast) and alpha != 0.0:
-            contrast_embeds = _pixel_contrast(model, inputs, form, params)
+            c_encoded = _pixel_contrast(model, inputs, form, params)
         del out
         c_logits = None
         if alpha != 0.0:
-            contrast = Branch(model, contrast_embeds)
+            contrast = Branch(model, c_inputs, c_encoded)
             c_logits, _ = contrast.prefill()
         tokens: list[int] = []
         logprobs: list[float] = []

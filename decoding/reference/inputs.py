@@ -1,16 +1,28 @@
-"""Prompt construction and input embeddings, exactly as the server builds them."""
+"""Prompt construction and model inputs, exactly as the server builds them, on every
+model family.
+
+The reference runs every forward as ``model(input_ids=..., mm_encoder_outputs=...)``:
+the image encoder runs once (:func:`encoder_outputs`), strategies edit its output
+(masked rows for AVC, selected rows for DAMRO, features of noised pixels for VCD), and
+``transformers`` splices the features into the placeholders itself, computing M-RoPE
+positions (Qwen) and adding deepstack features (Qwen3-VL) as it does for plain
+generation. Per-family differences (which processor outputs the encoder and the forward
+take, how pixels split per image) are in :mod:`decoding.reference.families`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from decoding.reference.families import ReferenceFamily, reference_family
+
 
 def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
-    """The llava chat-template text of one user turn (image first), with the
-    generation prompt: ``USER: <image>\\n{prompt} ASSISTANT:`` for LLaVA-1.5."""
+    """The chat-template text of one user turn (image first), with the generation
+    prompt: ``USER: <image>\\n{prompt} ASSISTANT:`` for LLaVA-1.5."""
     content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
     content.append({"type": "text", "text": prompt})
     return processor.apply_chat_template(
@@ -20,16 +32,32 @@ def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
 
 @dataclass
 class PromptInputs:
-    """Token ids ``(1, T)`` (image tokens expanded), pixel values or None, and the
-    sequence positions of the image tokens."""
+    """Token ids ``(1, T)`` (image tokens expanded), pixel values or None, the sequence
+    positions of the image tokens, and the other processor outputs: those the image
+    encoder takes (``vision``) and those the forward needs at prefill (``text``)."""
 
     input_ids: torch.Tensor
     pixel_values: torch.Tensor | None
     image_positions: torch.Tensor
+    family: ReferenceFamily
+    image_token_id: int
+    vision: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
+
+    def with_ids(self, input_ids: torch.Tensor) -> PromptInputs:
+        """The same image inputs with other token ids (DAMRO's shortened image run)."""
+        ids = input_ids.to(self.input_ids.device)
+        text = dict(self.text)
+        if "mm_token_type_ids" in text:
+            text["mm_token_type_ids"] = (ids == self.image_token_id).to(
+                text["mm_token_type_ids"].dtype
+            )
+        positions = torch.nonzero(ids[0] == self.image_token_id).flatten()
+        return replace(self, input_ids=ids, image_positions=positions, text=text)
 
 
 def encode(
@@ -37,42 +65,77 @@ def encode(
 ) -> PromptInputs:
     """Token ids, pixels and image positions; ``image_token_id`` defaults to the config's
     (the reference passes the model profile's)."""
-    token = model.config.image_token_id if image_token_id is None else image_token_id
+    family = reference_family(model.config)
+    token = family.model.image_token(model.config) if image_token_id is None else image_token_id
     text = chat_prompt(processor, prompt, with_image=image is not None)
     # vLLM's chat endpoint tokenizes the templated text without adding special tokens
     # (``add_special_tokens`` defaults to false there): BOS is present only if the chat
     # template writes it. The reference sees exactly the served token ids.
-    kw = {"text": text, "return_tensors": "pt", "add_special_tokens": False}
+    kw: dict[str, Any] = {"text": text, "return_tensors": "pt", "add_special_tokens": False}
+    if image is not None and family.token_types:
+        kw["return_mm_token_type_ids"] = True
     enc = processor(**kw) if image is None else processor(images=image, **kw)
     ids = enc["input_ids"].to(model.device)
     pixels = enc.get("pixel_values")
     if pixels is not None:
         pixels = pixels.to(model.device, model.dtype)
     positions = torch.nonzero(ids[0] == token).flatten()
-    return PromptInputs(input_ids=ids, pixel_values=pixels, image_positions=positions)
-
-
-def image_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected image features ``(image_tokens, hidden)`` of one image, as LLaVA splices
-    them into the prompt (feature layer and select strategy from the config)."""
-    cfg = model.config
-    out = model.model.get_image_features(
-        pixel_values=pixel_values,
-        vision_feature_layer=cfg.vision_feature_layer,
-        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        return_dict=True,
+    pick = lambda keys: {k: enc[k].to(model.device) for k in keys if k in enc}  # noqa: E731
+    return PromptInputs(
+        input_ids=ids,
+        pixel_values=pixels,
+        image_positions=positions,
+        family=family,
+        image_token_id=int(token),
+        vision=pick(family.vision_keys) if pixels is not None else {},
+        text=pick(family.forward_keys) if pixels is not None else {},
     )
-    return torch.cat(list(out.pooler_output), dim=0)
 
 
-def splice(model: Any, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-    """Input embeddings ``(1, T, hidden)`` with the image-token rows replaced, in order, by
-    ``features`` (as ``LlavaModel.forward`` does)."""
-    embeds = model.get_input_embeddings()(input_ids)
-    if features is None:
-        return embeds
-    mask = (input_ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
-    return embeds.masked_scatter(mask, features.to(embeds.dtype))
+def encoder_outputs(model: Any, inputs: PromptInputs, pixel_values: torch.Tensor | None = None):  # noqa: ANN201
+    """The image encoder's output for ``inputs`` (or other pixels in the same layout):
+    ``pooler_output`` holds one ``(tokens, hidden)`` tensor per image, as the forward
+    splices them (Qwen3-VL: ``deepstack_features`` too)."""
+    pixels = inputs.pixel_values if pixel_values is None else pixel_values
+    out = inputs.family.encode_images(model, pixels, inputs.vision)
+    out.pooler_output = tuple(out.pooler_output)
+    return out
+
+
+def image_features(model: Any, inputs: PromptInputs) -> torch.Tensor:
+    """Projected image features ``(image_tokens, hidden)`` of the prompt's images, in
+    placeholder order."""
+    return torch.cat(list(encoder_outputs(model, inputs).pooler_output), dim=0)
+
+
+def forward_kwargs(
+    inputs: PromptInputs, encoded: Any, batch: int = 1, extra_tokens: int = 0
+) -> dict[str, Any]:
+    """Keyword arguments of a prefill forward of ``inputs`` with image encoding
+    ``encoded`` (None: a text-only prompt), repeated for ``batch`` sequences that
+    continue the prompt by ``extra_tokens`` text tokens each."""
+    if encoded is None:
+        return {}
+    if batch > 1:
+        encoded = repeat_encoding(encoded, batch)
+    text = {}
+    for key, value in inputs.text.items():
+        if key == "mm_token_type_ids":  # per token: the continuation is text
+            value = torch.nn.functional.pad(value, (0, extra_tokens))
+            value = value.expand(batch, -1)
+        elif batch > 1:
+            value = value.repeat(batch, *([1] * (value.dim() - 1)))
+        text[key] = value
+    return {"mm_encoder_outputs": {"image": encoded}, **text}
+
+
+def repeat_encoding(encoded: Any, batch: int) -> Any:
+    out = type(encoded)(**{k: v for k, v in encoded.items()})
+    out.pooler_output = tuple(encoded.pooler_output) * batch
+    deep = getattr(encoded, "deepstack_features", None)
+    if deep:
+        out.deepstack_features = [tuple(level) * batch for level in deep]
+    return out
 
 
 def eos_ids(model: Any, processor: Any) -> set[int]:

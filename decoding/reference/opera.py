@@ -36,7 +36,7 @@ import torch
 
 from decoding.cores import opera as core
 from decoding.cores.beam import BeamState, beam_step
-from decoding.reference.inputs import PromptInputs, image_features, splice
+from decoding.reference.inputs import PromptInputs, encoder_outputs, forward_kwargs
 
 
 def _rows_matrix(rows: list[torch.Tensor], k: int, width: int) -> torch.Tensor:
@@ -82,15 +82,16 @@ def _candidate_scores(
 
 
 def _restart(
-    model: Any, prompt_embeds: torch.Tensor, beams: list[list[int]]
+    model: Any, inputs: PromptInputs, encoded: Any, beams: list[list[int]]
 ) -> tuple[Any, torch.Tensor]:
     """Fresh KV cache for ``beams`` (prompt + their tokens) and their next-token logits."""
     k = len(beams)
-    embeds = prompt_embeds.expand(k, -1, -1)
-    if beams and beams[0]:
-        ids = torch.tensor(beams, device=prompt_embeds.device)
-        embeds = torch.cat([embeds, model.get_input_embeddings()(ids)], dim=1)
-    out = model(inputs_embeds=embeds, use_cache=True)
+    ids = inputs.input_ids.expand(k, -1)
+    extra = len(beams[0]) if beams else 0
+    if extra:
+        ids = torch.cat([ids, torch.tensor(beams, device=ids.device)], dim=1)
+    kwargs = forward_kwargs(inputs, encoded, batch=k, extra_tokens=extra)
+    out = model(input_ids=ids, use_cache=True, **kwargs)
     return out.past_key_values, out.logits[:, -1].float()
 
 
@@ -98,14 +99,13 @@ def opera_generate(
     model: Any, inputs: PromptInputs, params: Any, stop: set[int], max_new_tokens: int
 ) -> tuple[list[int], list[float], list[float], str, dict[str, Any]]:
     k, n = params.num_beams, params.num_candidates
-    feats = image_features(model, inputs.pixel_values)
-    prompt_embeds = splice(model, inputs.input_ids, feats)
+    encoded = None if inputs.pixel_values is None else encoder_outputs(model, inputs)
     prompt_len = inputs.length
     image_mask = torch.zeros(prompt_len, dtype=torch.float32)
     image_mask[inputs.image_positions.cpu()] = 1.0
     use_attn = params.alpha != 0.0 or params.rollback
 
-    cache, logits = _restart(model, prompt_embeds, [[]])
+    cache, logits = _restart(model, inputs, encoded, [[]])
     cache.batch_repeat_interleave(k)
     logits = logits.expand(k, -1)
     state = BeamState.start(k)
@@ -141,7 +141,7 @@ def opera_generate(
                 rows = list(snap["rows"])
                 retro.restore(snap["hist"])
                 excluded = retro.reject(pos, snap.get("decision", []))
-                cache, logits = _restart(model, prompt_embeds, state.running)
+                cache, logits = _restart(model, inputs, encoded, state.running)
                 scores = torch.log_softmax(logits.float(), dim=-1).cpu()
                 for b, tok in excluded:
                     scores[b, tok] = float("-inf")

@@ -20,6 +20,7 @@ from vllm.multimodal.inputs import (
     PlaceholderRange,
 )
 
+from decoding.engine.families import Family
 from decoding.strategies import contrast as forms
 from decoding.strategies.base import StrategyParams
 from decoding.wire import BlindMask
@@ -39,12 +40,22 @@ class Contrast:
 
 
 def build(
-    form: forms.ContrastInput, prompt: dict, params: StrategyParams, image_token: int
+    form: forms.ContrastInput, prompt: dict, params: StrategyParams, family: Family, hf: Any
 ) -> Contrast:
-    """The contrast input of ``form`` for the main input ``prompt``."""
+    """The contrast input of ``form`` for the main input ``prompt`` on a checkpoint of
+    ``family`` (config ``hf``): pixel transforms see the image in the family's layout."""
+    image_token = family.image_token(hf)
     if isinstance(form, forms.PixelContrast):
+
+        def transform(pixels: torch.Tensor) -> torch.Tensor:
+            return form.transform(pixels, params)
+
         items = [
-            replace_field(item, "pixel_values", form.transform(item["pixel_values"].data, params))
+            replace_field(
+                item,
+                "pixel_values",
+                family.model.map_pixels(item["pixel_values"].data, transform, hf),
+            )
             for item in image_items(prompt)
         ]
         return Contrast(with_items(prompt, items, form.tag(params)))

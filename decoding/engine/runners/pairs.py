@@ -196,7 +196,8 @@ async def run_contrastive(
     stall_text = "" if sp.skip_special_tokens or tokenizer is None else tokenizer.decode([stall])
     form = ctx.strategy.contrast
     assert form is not None, f"contrastive strategy {ctx.name!r} declares no contrast input"
-    contrast = build(form, prompt, params, stall) if params.alpha != 0 else None  # type: ignore[attr-defined]
+    hf = ctx.engine.model_config.hf_config
+    contrast = build(form, prompt, params, ctx.family(), hf) if params.alpha != 0 else None  # type: ignore[attr-defined]
     seed = sp.seed
     if seed is None and sp.temperature > 0:
         # Both requests of a pair must draw the same token: they share one seed.

@@ -19,6 +19,7 @@ import torch
 from vllm.forward_context import get_forward_context
 
 from decoding.cores import avc as avc_core
+from decoding.engine.families import family_for
 from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import gather_kv, layer_index, row_span
 from decoding.engine.worker.graphs import eager_step
@@ -82,10 +83,17 @@ def two_pass(model: Any, run: Any, embeds: torch.Tensor | None) -> Any:
     # graphs assume one pass), and pass two reads the masked embeddings from the same
     # buffer as pass one.
     with eager_step():
-        return _two_pass(run, embeds, pending, meta)
+        return _two_pass(model, run, embeds, pending, meta)
 
 
-def _two_pass(run: Any, embeds: torch.Tensor, pending: dict[int, Row], meta: Any) -> Any:
+def _two_pass(
+    model: Any, run: Any, embeds: torch.Tensor, pending: dict[int, Row], meta: Any
+) -> Any:
+    # Inputs the family adds besides the embeddings (Qwen3-VL's deepstack features) are
+    # consumed by pass one; pass two gets them back, masked like the embeddings.
+    extra = family_for(model.config).extra_inputs
+    saved = extra.save(model, embeds.shape[0]) if extra is not None else None
+    masked_rows: list[torch.Tensor] = []
     _CAPTURE.clear()
     _CAPTURE.update({index: {} for index in pending})
     try:
@@ -109,8 +117,12 @@ def _two_pass(run: Any, embeds: torch.Tensor, pending: dict[int, Row], meta: Any
             continue
         positions = image - first + start
         masked = avc_core.mask_image_embeddings(masked, positions, blind, cfg.mask)
+        masked_rows.append(positions[~blind.to(positions.device)])
         row.state["avc_blind"] = torch.nonzero(blind).flatten().tolist()
     embeds.copy_(masked)
+    if extra is not None:
+        rows = torch.cat(masked_rows) if masked_rows else torch.zeros(0, dtype=torch.long)
+        extra.restore(model, saved, rows.to(embeds.device))
     return run(embeds)
 
 

@@ -1,9 +1,10 @@
-"""``LucidLlava``: vLLM's LLaVA with the hooks strategies need, selected by architecture.
+"""vLLM's VLM classes with the hooks strategies need, selected by architecture.
 
-The server switches the checkpoint's architecture to ``LucidLlavaForConditionalGeneration``
-(``hf_overrides``) when an enabled strategy acts through engine hooks. Weights, processor
-and prompt handling are vLLM's LLaVA unchanged; the subclass runs the hooks registered in
-:mod:`.hooks`:
+One subclass per model family (:mod:`decoding.engine.families`), all sharing
+:class:`LucidHooks`. The server switches the checkpoint's architecture to the family's
+hooked one (e.g. ``LucidQwen2_5_VLForConditionalGeneration``, via ``hf_overrides``) when
+an enabled strategy acts through engine hooks. Weights, processor and prompt handling
+are vLLM's unchanged; the subclass runs the hooks registered in :mod:`.hooks`:
 
 * ``embed_multimodal``: image items that carry a ``lucid_topk`` field go to the
   ``embed`` hook (DAMRO's contrast input, :mod:`.damro`);
@@ -21,16 +22,23 @@ from typing import Any
 
 import torch
 from vllm.model_executor.models.llava import LlavaForConditionalGeneration
+from vllm.model_executor.models.llava_next import LlavaNextForConditionalGeneration
+from vllm.model_executor.models.llava_onevision import LlavaOnevisionForConditionalGeneration
+from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
-from decoding.engine.families import LLAVA_15, family_for
+from decoding.engine.families import family_for
 from decoding.engine.worker import hooks
 from decoding.engine.worker.rows import STEP
 from decoding.wire import EMBED, FORWARD, LOGITS
 
-ARCHITECTURE = LLAVA_15.hooked_architecture
 
+class LucidHooks:
+    """The hook points, mixed in before a vLLM model class (its methods via ``super``).
+    The subclass keeps vLLM's ``__init__(self, *, vllm_config, prefix="")``."""
 
-class LucidLlava(LlavaForConditionalGeneration):
+    config: Any
+
     @functools.cached_property
     def stall_token(self) -> int:
         """The image placeholder id: never a real answer token, used to flag a stall."""
@@ -39,15 +47,15 @@ class LucidLlava(LlavaForConditionalGeneration):
     def embed_multimodal(self, **kwargs: object) -> Any:
         topk = kwargs.pop("lucid_topk", None)
         if topk is None:
-            return super().embed_multimodal(**kwargs)
+            return super().embed_multimodal(**kwargs)  # type: ignore[misc]
         embed = hooks.at(EMBED)
         if not embed:
             # The row of this request is failed (its needs name the embed hook); the
             # features only have to fit the placeholders until then.
             counts = torch.as_tensor(topk).reshape(-1).tolist()
-            feats = super().embed_multimodal(**kwargs)
+            feats = super().embed_multimodal(**kwargs)  # type: ignore[misc]
             return [f[: int(c)] for f, c in zip(feats, counts, strict=True)]
-        return embed[0](self, topk, super().embed_multimodal, kwargs)
+        return embed[0](self, topk, super().embed_multimodal, kwargs)  # type: ignore[misc]
 
     def forward(
         self,
@@ -58,7 +66,7 @@ class LucidLlava(LlavaForConditionalGeneration):
         **kwargs: object,
     ) -> Any:
         def run(embeds: torch.Tensor | None) -> Any:
-            return super(LucidLlava, self).forward(
+            return super(LucidHooks, self).forward(  # type: ignore[misc]
                 input_ids, positions, intermediate_tensors, inputs_embeds=embeds, **kwargs
             )
 
@@ -73,7 +81,7 @@ class LucidLlava(LlavaForConditionalGeneration):
         return chain(inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        logits = super().compute_logits(hidden_states)
+        logits = super().compute_logits(hidden_states)  # type: ignore[misc]
         if logits is None or not STEP.rows:
             return logits
         for hook in hooks.at(LOGITS):
@@ -87,3 +95,23 @@ class LucidLlava(LlavaForConditionalGeneration):
 
 def _bind(hook: hooks.ForwardHook, model: Any, inner: Callable) -> Callable:
     return lambda embeds: hook(model, inner, embeds)
+
+
+class LucidLlava(LucidHooks, LlavaForConditionalGeneration):
+    pass
+
+
+class LucidLlavaNext(LucidHooks, LlavaNextForConditionalGeneration):
+    pass
+
+
+class LucidLlavaOnevision(LucidHooks, LlavaOnevisionForConditionalGeneration):
+    pass
+
+
+class LucidQwen2_5_VL(LucidHooks, Qwen2_5_VLForConditionalGeneration):  # noqa: N801
+    pass
+
+
+class LucidQwen3VL(LucidHooks, Qwen3VLForConditionalGeneration):
+    pass
