@@ -239,7 +239,7 @@ CONFIGS: dict[str, dict] = {
             "hidden_size": 4096,
             "num_hidden_layers": 36,
         },
-    },  # fmt: skip
+    },
 }
 
 
@@ -337,3 +337,67 @@ def test_tiny_checkpoints_of_every_family(family: str) -> None:
     assert prof.var_layers == (1, 5)  # layer 0 and the last of 6 layers are not edited
     assert prof.image_token_id == 7
     assert profile_for(dict(cfg, sink_tau=4.5)).sink_tau == 4.5
+
+
+def _random_model(family: str) -> torch.nn.Module:
+    """A random-weight model of ``family``'s structure (no processor, no download)."""
+    import transformers as tf
+
+    text = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
+    clip = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    vit = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    mrope = {"mrope_section": [2, 3, 3]}
+    configs = {
+        "llava-1.5": lambda: tf.LlavaConfig(
+            text_config=tf.LlamaConfig(**text), vision_config=tf.CLIPVisionConfig(**clip)
+        ),
+        "llava-next": lambda: tf.LlavaNextConfig(
+            text_config=tf.LlamaConfig(**text), vision_config=tf.CLIPVisionConfig(**clip)
+        ),
+        "llava-onevision": lambda: tf.LlavaOnevisionConfig(
+            text_config=tf.Qwen2Config(**text), vision_config=tf.SiglipVisionConfig(**clip)
+        ),
+        "qwen2.5-vl": lambda: tf.Qwen2_5_VLConfig(
+            text_config=dict(text, rope_scaling={"type": "mrope", **mrope}),
+            vision_config=dict(vit, fullatt_block_indexes=[1]),
+        ),
+        "qwen3-vl": lambda: tf.Qwen3VLConfig(
+            text_config=dict(
+                text,
+                head_dim=16,
+                rope_scaling={"rope_type": "default", "mrope_interleaved": True, **mrope},
+            ),
+            vision_config=dict(vit, deepstack_visual_indexes=[1], num_position_embeddings=16),
+        ),
+    }
+    return tf.AutoModelForImageTextToText.from_config(configs[family]()).eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_decoder_layers_are_found_in_every_family(family: str) -> None:
+    model = _random_model(family)
+    layers = cal.decoder_layers(model, 3)
+    assert [n for n, m in model.named_modules() if m is layers] == ["model.language_model.layers"]
+    embeds: list[torch.Tensor] = []
+    model.get_input_embeddings().register_forward_hook(lambda m, a, out: embeds.append(out))
+    with cal.recording(layers, top_k=4) as seen, torch.inference_mode():
+        model(input_ids=torch.tensor([[1, 2, 3, 4, 5]]), use_cache=False)
+    assert sorted(seen) == [0, 1, 2]
+    peaks, top, values = seen[0]
+    # layer 0 receives the token embeddings
+    assert torch.allclose(peaks, rule.dim_peaks(embeds[0][0]))
+    assert values.shape == (5, 4) and top.shape == (4,)
