@@ -166,9 +166,10 @@ def configure_strategies(args: argparse.Namespace, enabled: list[str]) -> list[s
     family = model_family(args)
     args.model_family = family.name
     notes = [f"family={family.name}", f"architecture={family.hooked_architecture}"]
-    if family.model.pixel_layout == "patches" and getattr(args, "mm_device_do_normalize", None):
+    if family.model.pixel_layout == "patches" and args.mm_device_do_normalize is not False:
         # Pixel contrasts (VCD) transform normalised pixels; with device normalisation
-        # the API process holds uint8 patches (vLLM 0.32 qwen2_5_vl.py:1325).
+        # the API process holds uint8 patches (vLLM 0.32 qwen2_5_vl.py:1325; the
+        # argument's default None means "as the model supports", i.e. on).
         args.mm_device_do_normalize = False
         notes.append("mm_device_do_normalize=False (pixel contrasts need normalised pixels)")
     overrides = args.hf_overrides

@@ -1,0 +1,144 @@
+"""Every strategy on every model family: a real server per family (all strategies on)
+on the family's tiny checkpoint, parity with the reference engine over HTTP, one at a
+time and mixed with plain requests, or the documented 400 where the method is undefined.
+
+LLaVA-1.5 has its own, larger suites (``test_served_*``); this module covers the other
+four families with the same contract: greedy tokens equal (numerical ties excused, as
+:mod:`decoding.testing.parity` defines them) and, where tokens are equal, the served
+log-probability of each chosen token within :data:`LOGPROB_TOLERANCE` of the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import openai
+import pytest
+
+from decoding.families import family_named
+from decoding.strategies.registry import available as registered
+from decoding.testing import parity, synthetic
+from server.process import start_server, stop_server
+
+pytestmark = pytest.mark.server
+
+FAMILIES = ("qwen2.5-vl", "llava-next", "llava-onevision", "qwen3-vl")
+MAX_TOKENS = 12
+#: Served vs reference log-probability of the same chosen token (nats).
+LOGPROB_TOLERANCE = 2e-3
+CASES = parity.cases(4, first_seed=700)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from decoding.testing.tiny_models import ensure_tiny
+
+    name = request.param
+    path = ensure_tiny(name)
+    log = tmp_path_factory.mktemp(f"server-{name}") / "server.log"
+    srv = start_server(path, log, ["--max-request-bytes", str(4 * 1024 * 1024)])
+    yield name, path, srv
+    stop_server(srv)
+
+
+def _served(choice) -> tuple[list[int], list[float]]:  # noqa: ANN001
+    return parity.token_ids(choice), [t.logprob for t in choice.logprobs.content]
+
+
+def _check(path: Path, results: list[tuple[parity.Case, str, list[int], list[float]]]) -> None:
+    verdicts, drift = [], []
+    for case, strategy, ids, logprobs in results:
+        ref = parity.reference(path, case, {"strategy": strategy}, MAX_TOKENS)
+        verdict = parity.compare(case, ids, ref)
+        verdicts.append(verdict)
+        if verdict.equal and strategy != "opera":  # beam scores are not per-token logprobs
+            worst = max(abs(a - b) for a, b in zip(logprobs, ref.logprobs, strict=True))
+            if worst > LOGPROB_TOLERANCE:
+                drift.append(f"{strategy} seed {case.seed}: logprob differs by {worst:.2e}")
+    bad, ties = parity.judge(verdicts)
+    if ties:
+        print(f"numerical ties (excused): {parity.describe(ties)}")
+    assert not bad, parity.describe(bad)
+    assert not drift, "; ".join(drift)
+
+
+def _available(name: str) -> list[str]:
+    return [s for s in registered() if s not in family_named(name).undefined]
+
+
+def test_server_reports_family_and_unavailable(family_server) -> None:  # noqa: ANN001
+    name, _, srv = family_server
+    import httpx
+
+    version = httpx.get(f"{srv.base_url.removesuffix('/v1')}/version").json()
+    assert version["model_family"] == name
+    assert version["unavailable"] == family_named(name).undefined
+    listed = httpx.get(f"{srv.base_url}/decoding/strategies").json()["data"]
+    for entry in listed:
+        assert entry["available"] == (entry["strategy"] not in family_named(name).undefined)
+
+
+def test_undefined_strategies_get_a_400_and_serving_continues(family_server) -> None:  # noqa: ANN001
+    name, _, srv = family_server
+    client = srv.client()
+    undefined = family_named(name).undefined
+    for strategy, why in undefined.items():
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(
+                **parity.chat_request(srv.model, CASES[0], {"strategy": strategy}, MAX_TOKENS)
+            )
+        body = err.value.body
+        assert body["param"] == "decoding.strategy", body
+        assert strategy in body["message"] and why[:40] in body["message"], body
+    r = client.chat.completions.create(**parity.chat_request(srv.model, CASES[0], {}, 4))
+    assert r.choices[0].message.content is not None
+
+
+def test_every_strategy_equals_the_reference_one_at_a_time(family_server) -> None:  # noqa: ANN001
+    name, path, srv = family_server
+    client = srv.client()
+    results = []
+    for strategy in _available(name):
+        for case in CASES:
+            body = parity.chat_request(srv.model, case, {"strategy": strategy}, MAX_TOKENS)
+            r = client.chat.completions.create(**body)
+            results.append((case, strategy, *_served(r.choices[0])))
+    _check(path, results)
+
+
+def test_every_strategy_mixed_in_flight(family_server) -> None:  # noqa: ANN001
+    """Every available strategy and plain requests for the same cases, all at once."""
+    name, path, srv = family_server
+    client = openai.AsyncOpenAI(base_url=srv.base_url, api_key="t", max_retries=0)
+    labels = [(case, s) for case in CASES[:2] for s in ["none", *_available(name)]]
+
+    async def go() -> list:
+        jobs = [
+            client.chat.completions.create(
+                **parity.chat_request(srv.model, case, {"strategy": s}, MAX_TOKENS)
+            )
+            for case, s in labels
+        ]
+        return await asyncio.gather(*jobs)
+
+    out = asyncio.run(go())
+    _check(path, [(c, s, *_served(r.choices[0])) for (c, s), r in zip(labels, out, strict=True)])
+
+
+def test_answers_depend_on_the_image(family_server) -> None:  # noqa: ANN001
+    """The tiny checkpoint is not constant: parity over constant answers proves nothing."""
+    _, _, srv = family_server
+    client = srv.client()
+    answers = {
+        client.chat.completions.create(
+            model=srv.model,
+            messages=synthetic.chat_messages(synthetic.sample(seed)[0], "Describe the image."),
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+        )
+        .choices[0]
+        .message.content
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(answers) > 1, answers
