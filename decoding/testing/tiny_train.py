@@ -1,0 +1,223 @@
+"""Family-agnostic pieces of the tiny VLM test checkpoints: batches of synthetic scenes
+rendered through the checkpoint's own processor and chat template, the planted attention
+sinks, a short AdamW run, and a deterministic save.
+
+Everything goes through ``processor.apply_chat_template`` and ``processor(...)``, so a
+checkpoint is trained on exactly the prompts that ``transformers`` and vLLM's chat
+endpoint render from it. Labels cover the answer tokens and EOS only.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from decoding.testing import synthetic
+
+Example = tuple[Image.Image, str, str]  # image, prompt, answer
+#: Per-token tensors of a processor output, padded (with this value) when batching.
+SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0}
+
+
+@dataclass(frozen=True)
+class SinkSites:
+    """Where the massive activations are planted in one checkpoint."""
+
+    embedding: nn.Parameter  # text input embeddings (vocab, hidden)
+    first_token: int  # the template's first token: BOS, or ``<|im_start|>``
+    fc1: nn.Linear  # projector/merger input layer: unit 0 detects the visual sinks
+    fc2: nn.Linear  # projector/merger output layer: unit 0 writes into sink_dims[0]
+    #: Further layers that write image features into the residual stream (deepstack).
+    writers: tuple[nn.Linear, ...] = ()
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """One thread and deterministic kernels (fixed reduction order: identical bytes)."""
+    threads = torch.get_num_threads()
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was)
+
+
+def prompt_text(processor, prompt: str) -> str:  # noqa: ANN001
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def encode(processor, img: Image.Image, prompt: str) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """One chat turn with one image, as the chat endpoint renders it (the template writes
+    any BOS itself)."""
+    text = prompt_text(processor, prompt)
+    enc = processor(images=img, text=text, return_tensors="pt", add_special_tokens=False)
+    return dict(enc)
+
+
+def examples(seed: int, step: int, n: int, size: int) -> list[Example]:
+    rng = random.Random(seed * 1_000_003 + step)
+    out = []
+    for _ in range(n):
+        scene = synthetic.random_scene(rng)
+        img = synthetic.draw_scene(scene, size, rng)
+        q, a = rng.choice(synthetic.questions(scene, rng))
+        out.append((img, q, a))
+    return out
+
+
+def batch(processor, items: list[Example], answer_prefix: str) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """Right-padded batch; per-image tensors (pixels, grids, sizes) are concatenated."""
+    tok = processor.tokenizer
+    rows, labels, extras = [], [], []
+    for img, q, a in items:
+        enc = encode(processor, img, q)
+        answer = tok(answer_prefix + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = enc["input_ids"].shape[1]
+        row = {k: enc[k][0].tolist() for k in SEQUENCE_KEYS if k in enc}
+        row["input_ids"] += answer
+        for k in row.keys() - {"input_ids"}:
+            row[k] += [int(k == "attention_mask")] * len(answer)
+        rows.append(row)
+        labels.append([-100] * n + answer)
+        extras.append({k: v for k, v in enc.items() if k not in SEQUENCE_KEYS})
+    width = max(len(r["input_ids"]) for r in rows)
+    out: dict[str, torch.Tensor] = {}
+    for key in rows[0]:
+        fill = tok.pad_token_id if SEQUENCE_KEYS[key] is None else SEQUENCE_KEYS[key]
+        t = torch.full((len(rows), width), fill, dtype=torch.long)
+        for i, r in enumerate(rows):
+            t[i, : len(r[key])] = torch.tensor(r[key])
+        out[key] = t
+    out["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, y in enumerate(labels):
+        out["labels"][i, : len(y)] = torch.tensor(y)
+    for key in extras[0]:
+        out[key] = torch.cat([e[key] for e in extras])
+    return out
+
+
+def _fc1_inputs(model: nn.Module, fc1: nn.Linear, inputs: dict) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    handle = fc1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return torch.cat([s.reshape(-1, fc1.in_features) for s in seen])
+
+
+def plant_sinks(
+    model: nn.Module,
+    sites: SinkSites,
+    calibration: dict[str, torch.Tensor],
+    dims: tuple[int, ...],
+    value: float,
+    fraction: float,
+    gain: float,
+    sharpness: float,
+    seed: int,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Write the massive-activation entries and return gradient masks that freeze them.
+
+    The first token's embedding gets ``value`` in every sink dim (a text sink). Unit 0 of
+    ``fc1`` is aimed along a seeded direction of its input features and biased to fire on
+    ``fraction`` of the calibration tokens; through ``fc2`` it writes ``gain`` into
+    ``dims[0]`` only, so which image tokens become sinks depends on the image. No other
+    unit of ``fc2`` (or of the extra ``writers``) writes into a sink dim: otherwise
+    training spreads large values there over every image token."""
+    emb, fc1, fc2 = sites.embedding, sites.fc1, sites.fc2
+    feats = _fc1_inputs(model, fc1, calibration)
+    with torch.no_grad():
+        emb[sites.first_token, list(dims)] = value
+        gen = torch.Generator().manual_seed(seed + 11)
+        direction = torch.randn(fc1.in_features, generator=gen)
+        direction /= direction.norm()
+        score = feats @ direction
+        cut = torch.quantile(score, 1.0 - fraction)
+        # Steep: tokens below the cut sit deep in GELU's flat negative tail, not at its
+        # -0.17 dip, which ``gain`` would turn into a sink-sized value.
+        scale = sharpness / (score.std() + 1e-6)
+        fc1.weight[0] = direction * scale
+        fc1.bias[0] = -cut * scale
+        fc2.weight[:, 0] = 0.0
+        for layer in (fc2, *sites.writers):
+            layer.weight[list(dims)] = 0.0
+            layer.bias[list(dims)] = 0.0
+        fc2.weight[dims[0], 0] = gain
+    masks = []
+    for param, index in (
+        (emb, (sites.first_token, list(dims))),
+        (fc1.weight, 0),
+        (fc1.bias, 0),
+        (fc2.weight, (slice(None), 0)),
+    ):
+        masks.append((param, _mask(param, index)))
+    for layer in (fc2, *sites.writers):
+        masks += [(layer.weight, _mask(layer.weight, list(dims)))]
+        masks += [(layer.bias, _mask(layer.bias, list(dims)))]
+    return masks
+
+
+def _mask(param: torch.Tensor, index: Any) -> torch.Tensor:
+    """Ones with zeros at ``index``: multiplied into the gradient, it freezes those."""
+    m = torch.ones_like(param)
+    m[index] = 0
+    return m
+
+
+def train(
+    model: nn.Module,
+    make_batch: Callable[[int], dict[str, torch.Tensor]],
+    trainable: Callable[[str], bool],
+    masks: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: float,
+    log: bool = False,
+) -> None:
+    """AdamW with warm-up and linear decay on the parameters ``trainable`` names."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable(name))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, steps))
+    )
+    model.train()
+    for step in range(steps):
+        loss = model(**make_batch(step)).loss
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        for p, m in masks:
+            p.grad.mul_(m)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if log and (step % 50 == 0 or step == steps - 1):
+            print(f"step {step:4d}  loss {loss.item():.3f}", file=sys.stderr, flush=True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def rewrite_weights(path: Path, rename: Callable[[str], str] = lambda k: k) -> None:
+    """Rewrite ``model.safetensors`` with renamed keys, sorted, contiguous."""
+    file = path / "model.safetensors"
+    tensors = {rename(k): v.contiguous() for k, v in load_file(file).items()}
+    save_file(dict(sorted(tensors.items())), file, metadata={"format": "pt"})
