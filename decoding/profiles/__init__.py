@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,19 @@ def available() -> list[str]:
     return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
 
 
+@cache
+def _bundled_text(name: str) -> str | None:
+    # Cached: the reference engine looks a profile up per request.
+    path = resources.files(__name__) / f"{name}.json"
+    return path.read_text() if path.is_file() else None
+
+
 def load_profile(name: str) -> ModelProfile:
     """A bundled profile by name (``llava-1.5-7b``, ``qwen2.5-vl-7b-instruct``, ...)."""
-    path = resources.files(__name__) / f"{name}.json"
-    if not path.is_file():
+    text = _bundled_text(name)
+    if text is None:
         raise KeyError(f"no model profile {name!r}; available: {', '.join(available())}")
-    return _from_json(json.loads(path.read_text()))
+    return _from_json(json.loads(text))
 
 
 def load_profile_file(path: str | Path) -> ModelProfile:
