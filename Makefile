@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 HOST ?= 0.0.0.0
 MODEL ?=
+# A model family's tiny checkpoint (llava-1.5, llava-next, llava-onevision, qwen2.5-vl,
+# qwen3-vl) instead of MODEL; `make bench FAMILY=all` benches every family.
+FAMILY ?=
 ARGS ?=
 URL ?=
 BENCH_OUT ?= build/bench.json
@@ -35,7 +38,9 @@ tiny-llava: venv
 # `make serve` serves the tiny test checkpoint; `make serve MODEL=llava-hf/llava-1.5-7b-hf`
 # a real one. Extra vLLM engine arguments go in ARGS="...".
 serve: venv
-	@model="$(MODEL)"; if [ -z "$$model" ]; then model=$$($(PY) -m decoding.testing.tiny_llava --ensure); fi; \
+	@model="$(MODEL)"; \
+	if [ -n "$(FAMILY)" ]; then model=$$($(PY) -m decoding.testing.tiny_models --ensure $(FAMILY)); fi; \
+	if [ -z "$$model" ]; then model=$$($(PY) -m decoding.testing.tiny_llava --ensure); fi; \
 	exec $(PY) -m server --model "$$model" --host $(HOST) --port $(PORT) $(ARGS)
 
 test: venv
@@ -46,9 +51,9 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 # --overhead and --compiled: the loaded-machinery and compiled-server figures in the same run.
-BENCH_ARGS ?= $(if $(URL),,--overhead --compiled)
+BENCH_ARGS ?= $(if $(URL)$(FAMILY),,--overhead --compiled)
 bench: venv
-	$(PY) -m server.bench $(BENCH_ARGS) --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)
+	$(PY) -m server.bench $(BENCH_ARGS) --out $(BENCH_OUT) $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(if $(FAMILY),--family $(FAMILY),) $(ARGS)
 
 bench-flood: venv
 	$(PY) -m server.bench --flood opera-max $(if $(URL),--url $(URL),) $(if $(MODEL),--model $(MODEL),) $(ARGS)

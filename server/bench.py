@@ -370,6 +370,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra arguments for the servers this harness starts (e.g. '--max-logprobs 64')",
     )
     ap.add_argument("--strategies", help="comma-separated (default: all the server enables)")
+    ap.add_argument(
+        "--family",
+        help="bench a model family's tiny checkpoint instead of --model; 'all' benches every "
+        "family in turn (one table and one build/bench-<family>.json each)",
+    )
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--requests", type=int, default=16, help="requests per level (>= conc)")
     ap.add_argument("--max-tokens", type=int, default=32)
@@ -459,6 +464,24 @@ def measure_compiled(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.family:
+        from decoding.families import FAMILIES
+        from decoding.testing.tiny_models import ensure_tiny
+
+        if args.url:
+            raise SystemExit("--family starts its own server: drop --url")
+        names = [f.name for f in FAMILIES] if args.family == "all" else [args.family]
+        out = args.out
+        for family in names:
+            print(f"\n=== {family} ===")
+            args.model = str(ensure_tiny(family))
+            args.out = out if len(names) == 1 else out.with_name(f"bench-{family}.json")
+            bench_one(args)
+        return
+    bench_one(args)
+
+
+def bench_one(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     model = args.model
@@ -476,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
         names = report.ordered(
             args.strategies.split(",") if args.strategies else version.get("strategies", ["none"])
         )
+        # Strategies undefined on the served model family answer 400: not benched.
+        names = [n for n in names if n not in (version.get("unavailable") or {})]
         variants = names + ([] if args.no_beam else [BEAM])
         records, errors = asyncio.run(
             measure(url, variants, levels, args.requests, args.max_tokens)

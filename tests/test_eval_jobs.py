@@ -29,10 +29,14 @@ SHARED = Path(
 class ScriptedBackend(Backend):
     """Answers "Yes" for questions about a red object, "No" otherwise."""
 
-    def __init__(self, fail: set[str] | None = None) -> None:
+    def __init__(self, fail: set[str] | None = None, undefined: dict | None = None) -> None:
         super().__init__(client=None, model="scripted", mode="url", location="memory")
         self.calls: list[str] = []
         self.fail = fail or set()
+        self.undefined = undefined or {}
+
+    async def unavailable(self) -> dict[str, str]:
+        return dict(self.undefined)
 
     async def generate(self, image: Path, prompt: str, decoding: dict[str, Any],
                        sampling: dict[str, Any]) -> Generation:  # fmt: skip
@@ -81,6 +85,16 @@ def pope_settings(root: Path) -> dict[str, Any]:
              images=str(root / "images"), concurrency=2,
              strategies={"none": {}, "vcd": {"alpha": 1.0}})  # fmt: skip
     return s
+
+
+def test_job_skips_strategies_the_served_model_does_not_define(tmp_path: Path) -> None:
+    s = pope_settings(tmp_path)
+    backend = ScriptedBackend(undefined={"vcd": "no such thing on this model"})
+    res = asyncio.run(run_pope(s, make_factory(backend), tmp_path / "out",
+                               allow_unknown_questions=True, progress=False))  # fmt: skip
+    assert len(backend.calls) == 6  # only none's questions were asked
+    assert list(res["strategies"]) == ["none"]
+    assert res["unavailable"] == {"vcd": "no such thing on this model"}
 
 
 def test_pope_job_outputs_and_resume(tmp_path: Path) -> None:

@@ -142,3 +142,31 @@ def test_answers_depend_on_the_image(family_server) -> None:  # noqa: ANN001
         for seed in (1, 2, 3, 4)
     }
     assert len(answers) > 1, answers
+
+
+def test_pope_job_runs_and_reports_undefined_strategies(family_server, tmp_path: Path) -> None:  # noqa: ANN001
+    """The evaluation jobs work on every family; undefined strategies are reported as
+    such in results.json, not failed requests."""
+    import json
+
+    from eval.cli import main
+
+    name, _, srv = family_server
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    synthetic.sample(5)[0].save(imgs / "img0.png")
+    qs = [
+        {"question_id": 1, "image": "img0.png", "text": "Is there a red circle?", "label": "yes"},
+        {"question_id": 2, "image": "img0.png", "text": "Is there a dog?", "label": "no"},
+    ]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    out = tmp_path / "pope"
+    argv = ["pope", "--url", srv.url, "--questions", f"random={qfile}",
+            "--allow-unknown-questions", "--images", str(imgs), "--strategies", "none,vcd,damro",
+            "--max-tokens", "4", "--out", str(out), "--no-progress", "--no-plot"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["strategies"]) == {"none", "vcd"}
+    assert res["unavailable"] == {"damro": family_named(name).undefined["damro"]}
+    assert res["strategies"]["vcd"]["splits"]["random"]["n"] == 2

@@ -69,6 +69,21 @@ class Backend:
         echo = (resp.model_extra or {}).get("decoding")
         return Generation(choice.message.content or "", echo, choice.finish_reason, usage)
 
+    async def unavailable(self) -> dict[str, str]:
+        """Strategies the server lists as undefined on its model family, with why (a job
+        skips them and reports it instead of failing on their 400s)."""
+        import httpx
+
+        resp = await self.client.get("/decoding/strategies", cast_to=httpx.Response)
+        if resp.status_code != 200:  # a server without the listing: nothing to skip
+            return {}
+        data = resp.json().get("data", [])
+        return {
+            d["strategy"]: d.get("unavailable_reason") or "not available on this model"
+            for d in data
+            if d.get("available") is False
+        }
+
     def describe(self) -> dict[str, str]:
         return {"mode": self.mode, "location": self.location, "model": self.model}
 

@@ -121,6 +121,8 @@ async def run_chair(
     truncate = bool(settings.get("truncate_incomplete"))
     strategies: dict[str, Any] = {}
     for strategy in settings["strategies"]:
+        if strategy in stats.unavailable:  # reported under "unavailable", not scored
+            continue
         caps = [(i, done[f"{strategy}/{i}"]["answer"]) for i in image_ids]
         strategies[strategy] = {
             "decoding": stats.decoding_echo.get(strategy),
@@ -133,6 +135,7 @@ async def run_chair(
         "image_set": {"name": str(settings["image_set"]), "images": len(image_ids)},
         "ground_truth": gt_info,
         "strategies": strategies,
+        "unavailable": stats.unavailable,
         "run": run_summary(stats, "captions_file", log_name),
     }
     write_json(out_dir / "results.json", results)

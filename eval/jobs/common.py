@@ -31,6 +31,9 @@ async def run_job(
     check_manifest(out_dir, benchmark, settings)
     log = out_dir / log_name
     async with make_backend() as backend:
+        unavailable = await backend.unavailable()
+        skipped = {i.strategy for i in items if i.strategy in unavailable}
+        items = [i for i in items if i.strategy not in skipped]
         stats = await run_items(
             backend,
             items,
@@ -40,6 +43,7 @@ async def run_job(
             desc=benchmark.upper(),
             progress=progress,
         )
+        stats.unavailable = {s: unavailable[s] for s in sorted(skipped)}
     if stats.failed:
         raise JobError(
             f"{stats.failed} request(s) failed (logged in {log}); rerun the same command to retry"

@@ -85,6 +85,8 @@ async def run_pope(
     )
     strategies: dict[str, Any] = {}
     for strategy in settings["strategies"]:
+        if strategy in stats.unavailable:  # reported under "unavailable", not scored
+            continue
         by_split = {
             split: [(done[k]["answer"], done[k]["label"]) for k in order[f"{strategy}/{split}"]]
             for split in qfiles
@@ -98,6 +100,7 @@ async def run_pope(
         "parser": {"name": settings["parser"], "source": PARSER_SOURCES[settings["parser"]]},
         "question_files": {s: qf.describe() for s, qf in qfiles.items()},
         "strategies": strategies,
+        "unavailable": stats.unavailable,
         "run": run_summary(stats, "answers_file", log_name),
     }
     write_json(out_dir / "results.json", results)

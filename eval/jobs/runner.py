@@ -42,6 +42,8 @@ class RunStats:
     failed: int = 0
     seconds: float = 0.0
     decoding_echo: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Strategies of the job the server's model family does not define, with why.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def _repair_tail(path: Path) -> None:
