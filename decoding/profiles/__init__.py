@@ -89,8 +89,8 @@ class ModelProfile:
             return ""
         model = self.checkpoint or self.name
         return (
-            f"VAR needs the sink dimensions and sink threshold of {model}, which are not "
-            f"published ({self.var_source or 'no source'}). Measure them with "
+            f"VAR is not calibrated for {model}: its sink dimensions and sink threshold are "
+            f"not published (model profile {self.name!r}). Measure them with "
             f"`{CALIBRATE} MODEL_DIR --images DIR --out decoding/profiles/{self.name}.json` "
             "and restart the server"
         )
