@@ -76,7 +76,8 @@ class TinySpec:
     text_intermediate: int = 384
     tokenizer_vocab: int = 1024
     train_steps: int = 200
-    batch_size: int = 16
+    batch_size: int = 8
+    turns: int = 3  # questions per training image (one image encoding, several answers)
     learning_rate: float = 3e-3
     sink_dims: tuple[int, ...] = (17, 93)
     sink_value: float = 6.0  # first-token value in each sink dim
@@ -177,10 +178,10 @@ def _next_processor(spec: TinySpec, tok: Any) -> tf.ProcessorMixin:
 
 
 def _clip_layout(key: str) -> str:
-    """llava-hf names CLIP ``vision_tower.vision_model.*``; vLLM 0.32 loads only that."""
-    prefix = "model.vision_tower."
-    if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
-        return prefix + "vision_model." + key[len(prefix) :]
+    """llava-hf names CLIP ``vision_tower.vision_model.*``; vLLM 0.32 loads only that,
+    while ``transformers`` saves (and loads) ``vision_tower.*`` as well."""
+    if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
+        return "vision_tower.vision_model." + key[len("vision_tower.") :]
     return key
 
 
@@ -396,7 +397,7 @@ def build_tiny(
         processor = recipe.processor(spec, tok)
 
         def make_batch(step: int, seed: int = spec.seed, n: int = spec.batch_size) -> dict:
-            items = tiny_train.examples(seed, step, n, spec.image_size)
+            items = tiny_train.examples(seed, step, n, spec.image_size, spec.turns)
             return tiny_train.batch(processor, items, recipe.answer_prefix)
 
         calibration = make_batch(0, seed=spec.seed + 7, n=32)

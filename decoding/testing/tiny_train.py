@@ -24,7 +24,7 @@ from torch import nn
 
 from decoding.testing import synthetic
 
-Example = tuple[Image.Image, str, str]  # image, prompt, answer
+Example = tuple[Image.Image, list[tuple[str, str]]]  # image, (prompt, answer) turns
 #: Per-token tensors of a processor output, padded (with this value) when batching.
 SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0}
 
@@ -70,46 +70,84 @@ def encode(processor, img: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
     return dict(enc)
 
 
-def examples(seed: int, step: int, n: int, size: int) -> list[Example]:
+def examples(seed: int, step: int, n: int, size: int, turns: int) -> list[Example]:
+    """``n`` seeded scenes, each with ``turns`` distinct questions about it."""
     rng = random.Random(seed * 1_000_003 + step)
     out = []
     for _ in range(n):
         scene = synthetic.random_scene(rng)
         img = synthetic.draw_scene(scene, size, rng)
-        q, a = rng.choice(synthetic.questions(scene, rng))
-        out.append((img, q, a))
+        out.append((img, rng.sample(synthetic.questions(scene, rng), turns)))
     return out
+
+
+def conversation(qas: list[tuple[str, str]]) -> list[dict]:
+    """Chat messages: the image in the first user turn, the answers as assistant turns."""
+    messages: list[dict] = []
+    for i, (q, a) in enumerate(qas):
+        text = {"type": "text", "text": q}
+        content = [{"type": "image"}, text] if i == 0 else [text]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": a}]
+    return messages
+
+
+def _tokens(processor, img: Image.Image, qas: list, prefix: str) -> tuple[dict, list[int]]:  # noqa: ANN001
+    """Per-token lists and labels of a multi-turn conversation about one image.
+
+    Several answers share one encoding of the image, which dominates the sequence. The
+    rendered text is cut at each answer: the first piece is exactly the one-turn prompt
+    the chat endpoint renders; each answer is tokenized alone, as generated, plus EOS."""
+    tok = processor.tokenizer
+    full = processor.apply_chat_template(conversation(qas))
+    row: dict[str, list[int]] = {}
+    labels: list[int] = []
+    extras: dict = {}
+    cursor = 0
+    for i, (_q, a) in enumerate(qas):
+        at = full.index(prefix + a + tok.eos_token, cursor)
+        if i == 0:
+            enc = processor(
+                images=img, text=full[:at], return_tensors="pt", add_special_tokens=False
+            )
+            row = {k: enc[k][0].tolist() for k in SEQUENCE_KEYS if k in enc}
+            extras = {k: v for k, v in enc.items() if k not in SEQUENCE_KEYS}
+        else:
+            _extend(row, tok(full[cursor:at], add_special_tokens=False)["input_ids"])
+        labels += [-100] * (len(row["input_ids"]) - len(labels))
+        answer = tok(prefix + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        _extend(row, answer)
+        labels += answer
+        cursor = at + len(prefix + a + tok.eos_token)
+    return {"row": row, "extras": extras}, labels
+
+
+def _extend(row: dict[str, list[int]], ids: list[int]) -> None:
+    row["input_ids"] += ids
+    for k in row.keys() - {"input_ids"}:
+        row[k] += [int(k == "attention_mask")] * len(ids)  # text tokens: type 0
 
 
 def batch(processor, items: list[Example], answer_prefix: str) -> dict[str, torch.Tensor]:  # noqa: ANN001
     """Right-padded batch; per-image tensors (pixels, grids, sizes) are concatenated."""
     tok = processor.tokenizer
-    rows, labels, extras = [], [], []
-    for img, q, a in items:
-        enc = encode(processor, img, q)
-        answer = tok(answer_prefix + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        n = enc["input_ids"].shape[1]
-        row = {k: enc[k][0].tolist() for k in SEQUENCE_KEYS if k in enc}
-        row["input_ids"] += answer
-        for k in row.keys() - {"input_ids"}:
-            row[k] += [int(k == "attention_mask")] * len(answer)
-        rows.append(row)
-        labels.append([-100] * n + answer)
-        extras.append({k: v for k, v in enc.items() if k not in SEQUENCE_KEYS})
+    encoded = [_tokens(processor, img, qas, answer_prefix) for img, qas in items]
+    rows = [e["row"] for e, _ in encoded]
     width = max(len(r["input_ids"]) for r in rows)
     out: dict[str, torch.Tensor] = {}
     for key in rows[0]:
         fill = tok.pad_token_id if SEQUENCE_KEYS[key] is None else SEQUENCE_KEYS[key]
-        t = torch.full((len(rows), width), fill, dtype=torch.long)
-        for i, r in enumerate(rows):
-            t[i, : len(r[key])] = torch.tensor(r[key])
-        out[key] = t
-    out["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, y in enumerate(labels):
-        out["labels"][i, : len(y)] = torch.tensor(y)
-    for key in extras[0]:
-        out[key] = torch.cat([e[key] for e in extras])
+        out[key] = _padded([r[key] for r in rows], width, fill)
+    out["labels"] = _padded([y for _, y in encoded], width, -100)
+    for key in encoded[0][0]["extras"]:
+        out[key] = torch.cat([e["extras"][key] for e, _ in encoded])
     return out
+
+
+def _padded(rows: list[list[int]], width: int, fill: int) -> torch.Tensor:
+    t = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        t[i, : len(r)] = torch.tensor(r)
+    return t
 
 
 def _fc1_inputs(model: nn.Module, fc1: nn.Linear, inputs: dict) -> torch.Tensor:
