@@ -338,11 +338,36 @@ def test_family_from_the_checkpoint(tiny_llava_dir) -> None:  # noqa: ANN001
     assert "family=llava-1.5" in notes
 
 
+@pytest.mark.parametrize(
+    ("arch", "family"),
+    [
+        ("LlavaNextForConditionalGeneration", "llava-next"),
+        ("LlavaOnevisionForConditionalGeneration", "llava-onevision"),
+        ("Qwen2_5_VLForConditionalGeneration", "qwen2.5-vl"),
+        ("Qwen3VLForConditionalGeneration", "qwen3-vl"),
+        ("LucidQwen3VLForConditionalGeneration", "qwen3-vl"),  # the hooked name maps back
+    ],
+)
+def test_every_family_has_one_adapter(arch: str, family: str) -> None:
+    from decoding.engine import families
+    from decoding.reference.families import reference_family
+
+    served = families.family_for({"architectures": [arch]})
+    assert served.name == family
+    if not arch.startswith("Lucid"):  # the reference reads the checkpoint's own config
+        assert reference_family({"architectures": [arch]}).model.name == family
+    # DAMRO is refused (never approximated): no [CLS] row on SigLIP and the Qwen ViTs,
+    # and LLaVA-NeXT's per-tile [CLS] rows have no feature map yet.
+    assert "damro" in served.undefined
+    assert (served.vision_attention is None) == (family != "llava-next")
+
+
 def test_strategies_on_an_unsupported_architecture_fail_at_start_up(tmp_path) -> None:  # noqa: ANN001
     from decoding.engine import families, frontend
 
-    with pytest.raises(families.UnsupportedModel, match="supported families: llava-1.5"):
-        families.family_for({"architectures": ["Qwen2_5_VLForConditionalGeneration"]})
+    listed = "supported families: llava-1.5 .*llava-next.*llava-onevision.*qwen2.5-vl.*qwen3-vl"
+    with pytest.raises(families.UnsupportedModel, match=listed):
+        families.family_for({"architectures": ["PaliGemmaForConditionalGeneration"]})
     (tmp_path / "config.json").write_text(
         json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"})
     )
@@ -351,3 +376,25 @@ def test_strategies_on_an_unsupported_architecture_fail_at_start_up(tmp_path) ->
         frontend.configure_strategies(args, ["none", "vcd"])
     plain = frontend.make_parser("t").parse_args(["--model", str(tmp_path)])
     assert frontend.configure_strategies(plain, ["none"]) == []  # any model vLLM serves
+
+
+def test_a_deployment_refuses_what_its_model_cannot_serve(tmp_path) -> None:  # noqa: ANN001
+    """Qwen2.5-VL-7B's config (no weights needed): DAMRO is undefined on the family and
+    VAR is uncalibrated (no published sink dimensions); both become 400s with reasons."""
+    from decoding.engine import frontend
+
+    config = {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "image_token_id": 151655,
+        "text_config": {"model_type": "qwen2_5_vl_text", "hidden_size": 3584,
+                        "num_hidden_layers": 28},
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = frontend.make_parser("t").parse_args(["--model", str(tmp_path)])
+    frontend.configure_strategies(args, ["none", "vcd", "damro", "var"])
+    assert args.model_family == "qwen2.5-vl" and args.mm_device_do_normalize is False
+    refused = frontend.unavailable_strategies(args, ["none", "vcd", "damro", "var"])
+    assert set(refused) == {"damro", "var"}
+    assert "no [CLS] token" in refused["damro"]
+    assert "python -m decoding.profiles.calibrate" in refused["var"]

@@ -315,13 +315,30 @@ def test_uncalibrated_profile_names_the_calibration_command() -> None:
     assert not prof.var_calibrated
     message = prof.var_missing_reason()
     assert CALIBRATE in message and "Qwen/Qwen2.5-VL-7B-Instruct" in message
-    assert "decoding/profiles/qwen2.5-vl-7b-instruct.json" in message
+    assert "PROFILES/qwen2.5-vl-7b-instruct.json" in message and "LUCID_PROFILES" in message
     with pytest.raises(VARUncalibrated, match="decoding.profiles.calibrate"):
         prof.require_var()
     assert isinstance(VARUncalibrated("x"), ValueError)
     ok = profile_for(CONFIGS["llava-1.5-7b"])
     assert ok.var_calibrated and ok.var_missing_reason() == ""
     ok.require_var()
+
+
+def test_a_calibrated_profile_in_lucid_profiles_wins(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    from decoding.profiles import PROFILES_ENV, resources
+
+    bundled = json.loads(
+        (resources.files("decoding.profiles") / "qwen2.5-vl-7b-instruct.json").read_text()
+    )
+    bundled["var"] = {**bundled["var"], "sink_dims": [458, 2570], "tau": 20.0, "source": "calib"}
+    (tmp_path / "qwen2.5-vl-7b-instruct.json").write_text(json.dumps(bundled))
+    monkeypatch.setenv(PROFILES_ENV, str(tmp_path))
+    prof = profile_for(CONFIGS["qwen2.5-vl-7b-instruct"])
+    assert prof.var_calibrated and prof.sink_dims == (458, 2570) and prof.sink_tau == 20.0
+    monkeypatch.delenv(PROFILES_ENV)
+    assert not profile_for(CONFIGS["qwen2.5-vl-7b-instruct"]).var_calibrated
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -204,10 +204,24 @@ def unavailable_strategies(args: argparse.Namespace, enabled: list[str]) -> dict
     name = getattr(args, "model_family", None)
     if name is None:
         return {}
-    from decoding.families import family_named
+    from transformers import AutoConfig
 
-    undefined = family_named(name).undefined
-    return {s: undefined[s] for s in enabled if s in undefined}
+    from decoding.families import family_named
+    from decoding.profiles import profile_for
+
+    out = {s: why for s, why in family_named(name).undefined.items() if s in enabled}
+    config = AutoConfig.from_pretrained(
+        args.model, trust_remote_code=bool(getattr(args, "trust_remote_code", False))
+    )
+    try:
+        profile, no_profile = profile_for(config), ""
+    except KeyError as exc:
+        profile, no_profile = None, str(exc.args[0] if exc.args else exc)
+    for s in enabled:
+        why = get_strategy(s).unavailable_on(profile, no_profile)
+        if why and s not in out:
+            out[s] = why
+    return out
 
 
 def execution_summary(args: argparse.Namespace, enabled: list[str]) -> dict[str, Any]:

@@ -91,8 +91,8 @@ class ModelProfile:
         return (
             f"VAR is not calibrated for {model}: its sink dimensions and sink threshold are "
             f"not published (model profile {self.name!r}). Measure them with "
-            f"`{CALIBRATE} MODEL_DIR --images DIR --out decoding/profiles/{self.name}.json` "
-            "and restart the server"
+            f"`{CALIBRATE} MODEL_DIR --images DIR --out PROFILES/{self.name}.json` and "
+            f"start the server with {PROFILES_ENV}=PROFILES"
         )
 
     def require_var(self) -> None:
@@ -121,6 +121,21 @@ def _from_json(data: dict[str, Any]) -> ModelProfile:
         var_source=str(v.get("source", "")),
         sources=dict(data.get("sources", {})),
     )
+
+
+#: Directories (``os.pathsep``-separated) of extra profiles, e.g. calibrations; a profile
+#: there that matches a checkpoint wins over the bundled one.
+PROFILES_ENV = "LUCID_PROFILES"
+
+
+def user_profiles() -> list[ModelProfile]:
+    """The profiles in the ``LUCID_PROFILES`` directories, in name order."""
+    import os
+
+    out = []
+    for folder in filter(None, os.environ.get(PROFILES_ENV, "").split(os.pathsep)):
+        out += [load_profile_file(f) for f in sorted(Path(folder).glob("*.json"))]
+    return out
 
 
 def available() -> list[str]:
@@ -174,7 +189,10 @@ def profile_for(config: Any) -> ModelProfile:
         fam = family or "llava-1.5"
         found = [p for p in profiles if p.match.get("config_has") == TINY_KEY and p.family == fam]
     else:
-        found = [p for p in profiles if "config_has" not in p.match and _matches(p, cfg, family)]
+        for source in (user_profiles(), profiles):  # calibrations first
+            found = [p for p in source if "config_has" not in p.match and _matches(p, cfg, family)]
+            if found:
+                break
     if len(found) != 1:
         what = "no model profile matches" if not found else "several model profiles match"
         raise KeyError(

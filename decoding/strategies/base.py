@@ -181,6 +181,13 @@ class Strategy:
         return request
 
     @classmethod
+    def unavailable_on(cls, profile: ModelProfile | None, no_profile: str) -> str | None:
+        """Why this strategy cannot serve a model with ``profile`` (None: no bundled
+        profile matches, ``no_profile`` says why), or None. Checked at start-up; the
+        deployment then answers its requests with a 400 quoting the reason."""
+        return None
+
+    @classmethod
     def engine_settings(
         cls, params: StrategyParams, profile: ModelProfile, num_layers: int
     ) -> EngineSettings | None:

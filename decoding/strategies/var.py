@@ -96,10 +96,18 @@ class VARStrategy(Strategy):
     bench_target = BenchTarget("none", 0.8)
 
     @classmethod
+    def unavailable_on(cls, profile: ModelProfile | None, no_profile: str) -> str | None:
+        # Sink dimensions and threshold are per model: never guessed.
+        if profile is None:
+            return f"VAR needs the model's sink dimensions: {no_profile}"
+        return None if profile.var_calibrated else profile.var_missing_reason()
+
+    @classmethod
     def engine_settings(
         cls, params: StrategyParams, profile: ModelProfile, num_layers: int
     ) -> VarSettings:
         assert isinstance(params, VARParams)
+        profile.require_var()
         if profile.image_token_id is None:
             raise ValueError(f"model profile {profile.name!r} has no image-token id")
         return VarSettings(
