@@ -98,6 +98,43 @@ CONTRACT = [
         "`embed` hook point (DAMRO)",
     ),
     (
+        "vllm.model_executor.models.llava_next",
+        "LlavaNextForConditionalGeneration.forward",
+        ["input_ids", "positions", "intermediate_tensors", "inputs_embeds"],
+        "hooked LLaVA-NeXT (`LucidLlavaNext`)",
+    ),
+    (
+        "vllm.model_executor.models.llava_onevision",
+        "LlavaOnevisionForConditionalGeneration.forward",
+        ["input_ids", "positions", "intermediate_tensors", "inputs_embeds"],
+        "hooked LLaVA-OneVision (`LucidLlavaOnevision`)",
+    ),
+    (
+        "vllm.model_executor.models.qwen2_5_vl",
+        "Qwen2_5_VLForConditionalGeneration.forward",
+        ["input_ids", "positions", "intermediate_tensors", "inputs_embeds"],
+        "hooked Qwen2.5-VL (`LucidQwen2_5_VL`)",
+    ),
+    (
+        "vllm.model_executor.models.qwen3_vl",
+        "Qwen3VLForConditionalGeneration.forward",
+        ["input_ids", "positions", "intermediate_tensors", "inputs_embeds"],
+        "hooked Qwen3-VL (`LucidQwen3VL`)",
+    ),
+    (
+        "vllm.model_executor.models.qwen3_vl",
+        "Qwen3VLForConditionalGeneration._clear_deepstack_input_embeds",
+        ["num_tokens"],
+        "deepstack buffer (`deepstack_input_embeds[_num_tokens]`) zeroed after each pass: "
+        "AVC's second pass restores it",
+    ),
+    (
+        "vllm.engine.arg_utils",
+        "EngineArgs.mm_device_do_normalize",
+        [],
+        "Qwen pixels reach the API process normalised (pixel contrasts)",
+    ),
+    (
         "vllm.v1.attention.backends.cpu_attn",
         "CPUAttentionBackendImpl.forward",
         ["layer", "query", "key", "value", "kv_cache", "attn_metadata", "output"],
@@ -272,6 +309,22 @@ def test_every_vllm_symbol_the_engine_imports_is_in_the_contract() -> None:
     listed = {(m, a.split(".")[0]) for m, a, *_ in CONTRACT}
     missing = sorted(f"{m}:{a}" for m, a in _engine_imports() - listed)
     assert missing == [], "add these to CONTRACT (with the parameters relied on)"
+
+
+def test_family_classes_keep_the_hook_points_and_the_deepstack_buffer() -> None:
+    """Every hooked family class has the three hook points, and Qwen3-VL's deepstack
+    buffer lives where the AVC two-pass step saves and restores it."""
+    from decoding.engine.families import FAMILIES
+
+    for family in FAMILIES:
+        module, name = family.hooked_class.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        for hook in ("forward", "compute_logits", "embed_multimodal"):
+            assert callable(getattr(cls, hook)), (name, hook)
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration as Q3
+
+    src = inspect.getsource(Q3._set_deepstack_input_embeds)
+    assert "deepstack_input_embeds_num_tokens" in src and "self.deepstack_input_embeds" in src
 
 
 def test_forward_context_has_skip_compiled() -> None:
