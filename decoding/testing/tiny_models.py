@@ -177,9 +177,9 @@ def _next_processor(spec: TinySpec, tok: Any) -> tf.ProcessorMixin:
     )
 
 
-def _clip_layout(key: str) -> str:
-    """llava-hf names CLIP ``vision_tower.vision_model.*``; vLLM 0.32 loads only that,
-    while ``transformers`` saves (and loads) ``vision_tower.*`` as well."""
+def _vision_model_layout(key: str) -> str:
+    """llava-hf names the CLIP/SigLIP tower ``vision_tower.vision_model.*``; vLLM 0.32
+    loads only that, while ``transformers`` saves ``vision_tower.*`` (and loads both)."""
     if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
         return "vision_tower.vision_model." + key[len("vision_tower.") :]
     return key
@@ -332,7 +332,7 @@ RECIPES: dict[str, Recipe] = {
         sink_layers=_PROJECTOR,
         frozen=lambda name: name.startswith("model.vision_tower."),
         answer_prefix=" ",
-        rename=_clip_layout,
+        rename=_vision_model_layout,
     ),
     "llava-onevision": Recipe(
         model_cls=tf.LlavaOnevisionForConditionalGeneration,
@@ -342,6 +342,7 @@ RECIPES: dict[str, Recipe] = {
         sink_layers=_PROJECTOR,
         frozen=lambda name: name.startswith("model.vision_tower."),
         answer_prefix="",
+        rename=_vision_model_layout,
     ),
     "qwen2.5-vl": Recipe(
         model_cls=tf.Qwen2_5_VLForConditionalGeneration,
