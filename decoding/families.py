@@ -25,7 +25,7 @@ PixelFn = Callable[[torch.Tensor], torch.Tensor]
 
 NO_CLS = (
     "DAMRO scores image tokens by the attention the vision tower's [CLS] token pays them "
-    "(Chen et al., arXiv 2410.04514, Eq. 3); the {tower} vision tower of {family} has no "
+    "(Gong et al., EMNLP 2024, arXiv 2410.04514); the {tower} vision tower of {family} has no "
     "[CLS] token, so the method is undefined on this model"
 )
 

@@ -18,7 +18,7 @@ from decoding.strategies.base import Strategy
 from decoding.strategies.registry import strategies
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = (ROOT / "README.md", ROOT / "docs" / "strategies.md")
+FILES = (ROOT / "README.md", ROOT / "docs" / "strategies.md", ROOT / "docs" / "families.md")
 _BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
 
 
@@ -95,7 +95,43 @@ def params_table(name: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def families_table() -> str:
+    """Model family x strategy: served, or refused (400) with the reason's first clause;
+    per-family deviations are listed under the table in docs/families.md."""
+    from decoding.families import FAMILIES
+    from decoding.strategies.registry import available
+
+    names = available()
+    rows = ["| family | architectures | " + " | ".join(names) + " |"]
+    rows.append("|---" * (len(names) + 2) + "|")
+    for fam in FAMILIES:
+        cells = []
+        for name in names:
+            if name in fam.undefined:
+                cells.append("400")
+            else:
+                cells.append("yes*" if name in fam.deviations else "yes")
+        archs = ", ".join(f"`{a}`" for a in fam.architectures)
+        rows.append(f"| {fam.title} | {archs} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def deviations_list() -> str:
+    from decoding.families import FAMILIES
+
+    lines = []
+    for fam in FAMILIES:
+        for name, why in {**fam.undefined, **fam.deviations}.items():
+            kind = "refused" if name in fam.undefined else "deviation"
+            lines.append(f"- **{fam.title}, {name}** ({kind}): {_cell(why)}")
+    return "\n".join(lines) + "\n"
+
+
 def render_block(name: str) -> str:
+    if name == "families":
+        return families_table()
+    if name == "family-deviations":
+        return deviations_list()
     if name == "strategies":
         return summary_table()
     if name == "engine-needs":
