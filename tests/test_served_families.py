@@ -170,3 +170,29 @@ def test_pope_job_runs_and_reports_undefined_strategies(family_server, tmp_path:
     assert set(res["strategies"]) == {"none", "vcd"}
     assert res["unavailable"] == {"damro": family_named(name).undefined["damro"]}
     assert res["strategies"]["vcd"]["splits"]["random"]["n"] == 2
+
+
+MULTI = [
+    parity.Case(720, "Describe the image.", images=2),
+    parity.Case(721, "What is in the picture?", images=2),
+]
+
+
+def _multi_image(srv, path: Path, strategies: list[str]) -> None:  # noqa: ANN001
+    client = srv.client()
+    results = []
+    for strategy in strategies:
+        for case in MULTI:
+            body = parity.chat_request(srv.model, case, {"strategy": strategy}, MAX_TOKENS)
+            r = client.chat.completions.create(**body)
+            results.append((case, strategy, *_served(r.choices[0])))
+    _check(path, results)
+
+
+def test_two_images_in_one_request(family_server) -> None:  # noqa: ANN001
+    name, path, srv = family_server
+    _multi_image(srv, path, _available(name))
+
+
+def test_two_images_in_one_request_llava_15(served, tiny_llava_dir: Path) -> None:  # noqa: ANN001
+    _multi_image(served, tiny_llava_dir, _available("llava-1.5"))

@@ -194,20 +194,38 @@ def _damro_contrast(
     profile: ModelProfile,
     info: dict,
 ) -> tuple[PromptInputs, Any]:
-    """The prompt with its image run shortened to the ``top_k`` [CLS]-outlier tokens,
-    in descending score order, and their features."""
-    q, k = vision_qk(model, inputs.pixel_values, profile.vision_feature_layer)
-    scores = damro_core.cls_patch_attention(q, k)
-    outliers = damro_core.top_outliers(scores, top_k)
-    info["damro_outliers"] = outliers.tolist()
+    """The prompt with each image's run shortened to its ``top_k`` [CLS]-outlier tokens,
+    in descending score order, and their features (one image at a time, as the served
+    engine scores each image item)."""
     ids = inputs.input_ids[0]
-    first, last = int(inputs.image_positions[0]), int(inputs.image_positions[-1])
-    image = torch.full((len(outliers),), inputs.image_token_id, dtype=ids.dtype)
-    short = torch.cat([ids[:first], image.to(ids.device), ids[last + 1 :]]).unsqueeze(0)
-    feats = encoded.pooler_output[0]
+    runs = image_runs(inputs.image_positions)
+    pixels = inputs.family.per_image(inputs.pixel_values, inputs.vision)
+    parts, feats, end, chosen = [], [], 0, []
+    for (first, last), px, f in zip(runs, pixels, encoded.pooler_output, strict=True):
+        q, k = vision_qk(model, px.unsqueeze(0), profile.vision_feature_layer)
+        outliers = damro_core.top_outliers(damro_core.cls_patch_attention(q, k), top_k)
+        chosen.append(outliers.tolist())
+        image = torch.full((len(outliers),), inputs.image_token_id, dtype=ids.dtype)
+        parts += [ids[end:first], image.to(ids.device)]
+        feats.append(f[outliers])
+        end = last + 1
+    info["damro_outliers"] = chosen[0] if len(chosen) == 1 else chosen
+    short = torch.cat([*parts, ids[end:]]).unsqueeze(0)
     out = repeat_encoding(encoded, 1)
-    out.pooler_output = (feats[outliers],)
+    out.pooler_output = tuple(feats)
     return inputs.with_ids(short), out
+
+
+def image_runs(positions: torch.Tensor) -> list[tuple[int, int]]:
+    """``[first, last]`` of each contiguous run of image positions (one per image)."""
+    pos = positions.tolist()
+    runs: list[tuple[int, int]] = []
+    for p in pos:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], p)
+        else:
+            runs.append((p, p))
+    return runs
 
 
 # --- VAR -------------------------------------------------------------------------------

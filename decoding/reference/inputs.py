@@ -20,10 +20,11 @@ import torch
 from decoding.reference.families import ReferenceFamily, reference_family
 
 
-def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
-    """The chat-template text of one user turn (image first), with the generation
-    prompt: ``USER: <image>\\n{prompt} ASSISTANT:`` for LLaVA-1.5."""
-    content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+def chat_prompt(processor: Any, prompt: str, with_image: bool | int = True) -> str:
+    """The chat-template text of one user turn (images first; ``with_image`` may be a
+    count), with the generation prompt: ``USER: <image>\\n{prompt} ASSISTANT:`` for
+    LLaVA-1.5."""
+    content: list[dict[str, str]] = [{"type": "image"}] * int(with_image)
     content.append({"type": "text", "text": prompt})
     return processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True
@@ -63,11 +64,13 @@ class PromptInputs:
 def encode(
     model: Any, processor: Any, image: Any, prompt: str, image_token_id: int | None = None
 ) -> PromptInputs:
-    """Token ids, pixels and image positions; ``image_token_id`` defaults to the config's
-    (the reference passes the model profile's)."""
+    """Token ids, pixels and image positions of ``image`` (a PIL image, a list of them,
+    or None); ``image_token_id`` defaults to the config's (the reference passes the
+    model profile's)."""
     family = reference_family(model.config)
     token = family.model.image_token(model.config) if image_token_id is None else image_token_id
-    text = chat_prompt(processor, prompt, with_image=image is not None)
+    count = 0 if image is None else len(image) if isinstance(image, list) else 1
+    text = chat_prompt(processor, prompt, with_image=count)
     # vLLM's chat endpoint tokenizes the templated text without adding special tokens
     # (``add_special_tokens`` defaults to false there): BOS is present only if the chat
     # template writes it. The reference sees exactly the served token ids.

@@ -34,13 +34,22 @@ PROMPTS = (
 class Case:
     seed: int
     prompt: str
+    #: Images in the request (the first is ``image``; the others use later seeds).
+    images: int = 1
 
     @property
     def image(self) -> Any:
-        return synthetic.sample(self.seed)[0]
+        """The request's image, or its list of images when it has several."""
+        if self.images == 1:
+            return synthetic.sample(self.seed)[0]
+        return [synthetic.sample(self.seed + 1000 * i)[0] for i in range(self.images)]
 
     def messages(self) -> list[dict]:
-        return synthetic.chat_messages(self.image, self.prompt)
+        if self.images == 1:
+            return synthetic.chat_messages(self.image, self.prompt)
+        parts = [{"type": "image_url", "image_url": {"url": synthetic.data_url(im)}}
+                 for im in self.image]  # fmt: skip
+        return [{"role": "user", "content": [*parts, {"type": "text", "text": self.prompt}]}]
 
 
 def chat_request(model: str, case: Case, decoding: dict, max_tokens: int, **kw: Any) -> dict:
