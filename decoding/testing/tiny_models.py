@@ -55,7 +55,7 @@ from decoding.testing.tokenizer import build_tokenizer
 
 FAMILIES: tuple[str, ...] = ("llava-1.5", "llava-next", "llava-onevision", "qwen2.5-vl", "qwen3-vl")
 #: Bumped whenever a recipe changes, so cached builds are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 #: anyres resolutions (LLaVA-NeXT, OneVision): 1x1, 1x2, 2x1 and 2x2 tiles of 112 px.
 GRID_PINPOINTS = [[112, 112], [112, 224], [224, 112], [224, 224]]
 
@@ -81,9 +81,9 @@ class TinySpec:
     learning_rate: float = 3e-3
     sink_dims: tuple[int, ...] = (17, 93)
     sink_value: float = 6.0  # first-token value in each sink dim
-    visual_sink_fraction: float = 0.04  # share of image tokens the sink unit fires on
-    visual_sink_gain: float = 60.0
-    visual_sink_sharpness: float = 4.0  # unit pre-activation per score std
+    visual_sink_fraction: float = 0.08  # share of image tokens the sink unit fires on
+    visual_sink_gain: float = 20.0
+    visual_sink_sharpness: float = 12.0  # cap on the unit's slope per score std
 
     def digest(self, family: str) -> str:
         blob = json.dumps(

@@ -176,7 +176,8 @@ def plant_sinks(
 
     The first token's embedding gets ``value`` in every sink dim (a text sink). Unit 0 of
     ``fc1`` is aimed along a seeded direction of its input features and biased to fire on
-    ``fraction`` of the calibration tokens; through ``fc2`` it writes ``gain`` into
+    about ``fraction`` of the calibration tokens (:func:`_calibrate`; ``sharpness`` caps
+    its slope in score standard deviations); through ``fc2`` it writes ``gain`` into
     ``dims[0]`` only, so which image tokens become sinks depends on the image. No other
     unit of ``fc2`` (or of the extra ``writers``) writes into a sink dim: otherwise
     training spreads large values there over every image token."""
@@ -184,14 +185,10 @@ def plant_sinks(
     feats = _fc1_inputs(model, fc1, calibration)
     with torch.no_grad():
         emb[sites.first_token, list(dims)] = value
-        gen = torch.Generator().manual_seed(seed + 11)
-        direction = torch.randn(fc1.in_features, generator=gen)
-        direction /= direction.norm()
-        score = feats @ direction
-        cut = torch.quantile(score, 1.0 - fraction)
-        # Steep: tokens below the cut sit deep in GELU's flat negative tail, not at its
-        # -0.17 dip, which ``gain`` would turn into a sink-sized value.
-        scale = sharpness / (score.std() + 1e-6)
+        direction, cut, half_gap = _calibrate(feats, fraction, seed)
+        # Both edges of the gap at |pre-activation| >= 3: below, GELU's flat tail; above,
+        # GELU ~ identity. The cap keeps values finite-precision friendly if the gap is thin.
+        scale = min(3.0 / max(half_gap, 1e-9), sharpness / float((feats @ direction).std()))
         fc1.weight[0] = direction * scale
         fc1.bias[0] = -cut * scale
         fc2.weight[:, 0] = 0.0
@@ -211,6 +208,29 @@ def plant_sinks(
         masks += [(layer.weight, _mask(layer.weight, list(dims)))]
         masks += [(layer.bias, _mask(layer.bias, list(dims)))]
     return masks
+
+
+def _calibrate(
+    feats: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, float, float]:
+    """A seeded direction, a cut and a half-gap for the visual-sink unit.
+
+    GELU's negative dip (down to -0.17 at -0.75) times a large gain is itself sink-sized,
+    and plain backgrounds give large clusters of identical features: a cut inside or just
+    above a cluster makes every token of those images a sink. So among 32 random
+    directions, take the one with the widest empty gap in the sorted scores around the
+    top ``fraction`` (ranks 1-2f .. 1-f/2), and cut in the middle of that gap."""
+    gen = torch.Generator().manual_seed(seed + 11)
+    cands = torch.randn(feats.shape[1], 32, generator=gen)
+    cands /= cands.norm(dim=0)
+    scores = (feats @ cands).sort(dim=0).values  # (tokens, candidates)
+    n = scores.shape[0]
+    lo, hi = int(n * (1 - 2 * fraction)), int(n * (1 - fraction / 2))
+    gaps = (scores[lo + 1 : hi + 1] - scores[lo:hi]) / scores.std(dim=0)
+    best = int(gaps.max(dim=0).values.argmax())
+    at = lo + int(gaps[:, best].argmax())
+    low, high = float(scores[at, best]), float(scores[at + 1, best])
+    return cands[:, best], (low + high) / 2, (high - low) / 2
 
 
 def _mask(param: torch.Tensor, index: Any) -> torch.Tensor:
