@@ -196,3 +196,30 @@ def test_two_images_in_one_request(family_server) -> None:  # noqa: ANN001
 
 def test_two_images_in_one_request_llava_15(served, tiny_llava_dir: Path) -> None:  # noqa: ANN001
     _multi_image(served, tiny_llava_dir, _available("llava-1.5"))
+
+
+def test_every_strategy_acts_on_the_family_checkpoint(family_server) -> None:  # noqa: ANN001
+    """Parity is only evidence if the strategy changes something: on these cases each
+    strategy moves the chosen tokens' log-probabilities (by far more than the parity
+    tolerance) or changes an answer, so a strategy the engine dropped would fail the
+    parity tests above. OPERA's scores are beam scores: it must change an answer."""
+    name, path, _ = family_server
+    cases = parity.cases(8, first_seed=700)
+    plain = {c.seed: parity.reference(path, c, {"strategy": "none"}, MAX_TOKENS) for c in cases}
+    inert = []
+    for strategy in _available(name):
+        if strategy == "none":
+            continue
+        moved = 0.0
+        for case in cases:
+            ref = parity.reference(path, case, {"strategy": strategy}, MAX_TOKENS)
+            base = plain[case.seed]
+            if ref.token_ids != base.token_ids:
+                moved = float("inf")
+                break
+            if strategy != "opera":
+                pairs = zip(ref.logprobs, base.logprobs, strict=True)
+                moved = max(moved, *(abs(a - b) for a, b in pairs))
+        if moved <= 10 * LOGPROB_TOLERANCE:
+            inert.append(f"{strategy} (max logprob change {moved:.1e})")
+    assert not inert, f"strategies without effect on {name}: {', '.join(inert)}"
