@@ -29,7 +29,6 @@ seeded, sorted safetensors keys): the same spec gives byte-identical files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -43,8 +42,14 @@ import torch
 import transformers as tf
 from torch import nn
 
+from decoding.testing import tiny_families as fam
 from decoding.testing import tiny_train
-from decoding.testing.family_tokenizers import onevision_tokenizer, qwen_tokenizer
+from decoding.testing.tiny_families import (
+    RECIPE_VERSION,
+    TinySpec,
+    onevision_tokenizer,
+    qwen_tokenizer,
+)
 from decoding.testing.tiny_llava import (
     build_tiny_llava,
     default_cache_dir,
@@ -54,42 +59,6 @@ from decoding.testing.tiny_llava import (
 from decoding.testing.tokenizer import build_tokenizer
 
 FAMILIES: tuple[str, ...] = ("llava-1.5", "llava-next", "llava-onevision", "qwen2.5-vl", "qwen3-vl")
-#: Bumped whenever a recipe changes, so cached builds are not reused.
-RECIPE_VERSION = 2
-#: anyres resolutions (LLaVA-NeXT, OneVision): 1x1, 1x2, 2x1 and 2x2 tiles of 112 px.
-GRID_PINPOINTS = [[112, 112], [112, 224], [224, 112], [224, 224]]
-
-
-@dataclass(frozen=True)
-class TinySpec:
-    """Knobs of one tiny checkpoint (defaults per family in :data:`DEFAULT_SPECS`)."""
-
-    seed: int = 0
-    image_size: int = 112  # training scenes are image_size x image_size
-    vision_hidden: int = 64
-    vision_layers: int = 4
-    vision_heads: int = 4
-    text_hidden: int = 128
-    text_layers: int = 4
-    text_heads: int = 4  # head_dim 32
-    text_kv_heads: int = 2
-    text_intermediate: int = 384
-    tokenizer_vocab: int = 1024
-    train_steps: int = 200
-    batch_size: int = 8
-    turns: int = 3  # questions per training image (one image encoding, several answers)
-    learning_rate: float = 3e-3
-    sink_dims: tuple[int, ...] = (17, 93)
-    sink_value: float = 6.0  # first-token value in each sink dim
-    visual_sink_fraction: float = 0.08  # share of image tokens the sink unit fires on
-    visual_sink_gain: float = 20.0
-    visual_sink_sharpness: float = 12.0  # cap on the unit's slope per score std
-
-    def digest(self, family: str) -> str:
-        blob = json.dumps(
-            {"recipe": RECIPE_VERSION, "family": family, **asdict(self)}, sort_keys=True
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -107,204 +76,6 @@ class Recipe:
     rename: Callable[[str], str] = lambda key: key  # to the key layout vLLM loads
 
 
-def _ids(tok: Any, *names: str) -> list[int]:
-    return [tok.convert_tokens_to_ids(n) for n in names]
-
-
-def _vocab(tok: Any) -> int:
-    return (len(tok) + 63) // 64 * 64
-
-
-def _text(spec: TinySpec, tok: Any, **extra: Any) -> dict[str, Any]:
-    """Text-model fields common to all families (Llama, Qwen2, Qwen3 alike)."""
-    fields = dict(
-        vocab_size=_vocab(tok),
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_kv_heads,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        bos_token_id=None,  # Qwen has none; the LLaVA-NeXT text config sets its own
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    return {**fields, **extra}
-
-
-# -- LLaVA-NeXT: CLIP + Llama, anyres ---------------------------------------------------
-
-
-def _next_config(spec: TinySpec, tok: Any) -> tf.PreTrainedConfig:
-    vision = tf.CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=14,
-        projection_dim=spec.vision_hidden,
-        hidden_act="quick_gelu",
-    )
-    text = tf.LlamaConfig(**_text(spec, tok, bos_token_id=1, eos_token_id=2))
-    return tf.LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=GRID_PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=(spec.image_size // 14) ** 2,
-        tie_word_embeddings=False,
-    )
-
-
-def _next_processor(spec: TinySpec, tok: Any) -> tf.ProcessorMixin:
-    images = tf.LlavaNextImageProcessor(
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-        image_grid_pinpoints=GRID_PINPOINTS,
-    )
-    return tf.LlavaNextProcessor(
-        image_processor=images,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS
-        chat_template=tok.chat_template,
-        image_token="<image>",
-    )
-
-
-def _vision_model_layout(key: str) -> str:
-    """llava-hf names the CLIP/SigLIP tower ``vision_tower.vision_model.*``; vLLM 0.32
-    loads only that, while ``transformers`` saves ``vision_tower.*`` (and loads both)."""
-    if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
-        return "vision_tower.vision_model." + key[len("vision_tower.") :]
-    return key
-
-
-# -- LLaVA-OneVision: SigLIP + Qwen2, anyres_max_9 --------------------------------------
-
-
-def _ov_config(spec: TinySpec, tok: Any) -> tf.PreTrainedConfig:
-    vision = tf.SiglipVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=14,
-        vision_use_head=False,
-    )
-    text = tf.Qwen2Config(**_text(spec, tok, eos_token_id=tok.eos_token_id))
-    image, video = _ids(tok, "<image>", "<video>")
-    return tf.LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image,
-        video_token_index=video,
-        image_grid_pinpoints=GRID_PINPOINTS,
-        vision_aspect_ratio="anyres_max_9",
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",  # SigLIP has no CLS token
-        tie_word_embeddings=False,
-    )
-
-
-def _ov_processor(spec: TinySpec, tok: Any) -> tf.ProcessorMixin:
-    size = {"height": spec.image_size, "width": spec.image_size}
-    return tf.LlavaOnevisionProcessor(
-        image_processor=tf.LlavaOnevisionImageProcessor(
-            size=size, image_grid_pinpoints=GRID_PINPOINTS
-        ),
-        video_processor=tf.LlavaOnevisionVideoProcessor(size=size),
-        tokenizer=tok,
-        num_image_tokens=(spec.image_size // 14) ** 2,
-        vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9",
-        chat_template=tok.chat_template,
-    )
-
-
-# -- Qwen2.5-VL and Qwen3-VL ------------------------------------------------------------
-
-
-def _qwen_ids(tok: Any) -> dict[str, int]:
-    image, video, start, end = _ids(
-        tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
-    )
-    return dict(
-        image_token_id=image,
-        video_token_id=video,
-        vision_start_token_id=start,
-        vision_end_token_id=end,
-        tie_word_embeddings=False,
-    )
-
-
-def _q25_config(spec: TinySpec, tok: Any) -> tf.PreTrainedConfig:
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
-    text = _text(spec, tok, rope_parameters=rope, eos_token_id=tok.eos_token_id)
-    vision = dict(
-        depth=spec.vision_layers,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_heads=spec.vision_heads,
-        out_hidden_size=spec.text_hidden,
-        patch_size=14,
-        window_size=112,  # 4x4 merged tokens per window
-        fullatt_block_indexes=[1, 3],
-    )
-    return tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
-
-
-def _q3_config(spec: TinySpec, tok: Any) -> tf.PreTrainedConfig:
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [6, 5, 5],
-        "mrope_interleaved": True,
-    }
-    text = _text(spec, tok, rope_parameters=rope, head_dim=spec.text_hidden // spec.text_heads)
-    vision = dict(
-        depth=spec.vision_layers,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_heads=spec.vision_heads,
-        out_hidden_size=spec.text_hidden,
-        patch_size=16,
-        num_position_embeddings=64,  # an 8x8 table, interpolated to each image's grid
-        deepstack_visual_indexes=[1, 2],
-    )
-    cfg = tf.Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
-    cfg.text_config.eos_token_id = tok.eos_token_id
-    return cfg
-
-
-def _qwen_processor(
-    cls: type, video_cls: type, patch: int, mean_std: tuple[list[float], list[float]]
-) -> Callable[[TinySpec, Any], tf.ProcessorMixin]:
-    # 36..64 language-model tokens per image (one per 2x2 patches): small images are
-    # enlarged, so a 112x112 scene gives a 6x6 token grid.
-    factor = patch * 2
-    size = {"shortest_edge": factor * factor * 36, "longest_edge": factor * factor * 64}
-    norm = {"patch_size": patch, "image_mean": mean_std[0], "image_std": mean_std[1]}
-
-    def make(spec: TinySpec, tok: Any) -> tf.ProcessorMixin:
-        images = tf.Qwen2VLImageProcessor(size=size, **norm)
-        video = video_cls(size=size, **norm)
-        return cls(
-            image_processor=images,
-            video_processor=video,
-            tokenizer=tok,
-            chat_template=tok.chat_template,
-        )
-
-    return make
-
-
 def _merger(
     fc1: str, fc2: str, deepstack: str | None = None
 ) -> Callable[[nn.Module], tuple[nn.Linear, nn.Linear, tuple[nn.Linear, ...]]]:
@@ -320,35 +91,36 @@ def _frozen_visual(*kept: str) -> Callable[[str], bool]:
     return lambda name: name.startswith("model.visual.") and not name.startswith(kept)
 
 
-_CLIP_NORM = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
 _PROJECTOR = _merger("model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2")
 
 RECIPES: dict[str, Recipe] = {
     "llava-next": Recipe(
         model_cls=tf.LlavaNextForConditionalGeneration,
         tokenizer=lambda spec: build_tokenizer(spec.seed, spec.tokenizer_vocab),
-        config=_next_config,
-        processor=_next_processor,
+        config=fam.next_config,
+        processor=fam.next_processor,
         sink_layers=_PROJECTOR,
         frozen=lambda name: name.startswith("model.vision_tower."),
         answer_prefix=" ",
-        rename=_vision_model_layout,
+        rename=fam.vision_model_layout,
     ),
     "llava-onevision": Recipe(
         model_cls=tf.LlavaOnevisionForConditionalGeneration,
         tokenizer=lambda spec: onevision_tokenizer(spec.seed, spec.tokenizer_vocab),
-        config=_ov_config,
-        processor=_ov_processor,
+        config=fam.ov_config,
+        processor=fam.ov_processor,
         sink_layers=_PROJECTOR,
         frozen=lambda name: name.startswith("model.vision_tower."),
         answer_prefix="",
-        rename=_vision_model_layout,
+        rename=fam.vision_model_layout,
     ),
     "qwen2.5-vl": Recipe(
         model_cls=tf.Qwen2_5_VLForConditionalGeneration,
         tokenizer=lambda spec: qwen_tokenizer(spec.seed, spec.tokenizer_vocab),
-        config=_q25_config,
-        processor=_qwen_processor(tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor, 14, _CLIP_NORM),
+        config=fam.q25_config,
+        processor=fam.qwen_processor(
+            tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor, 14, fam.CLIP_NORM
+        ),
         sink_layers=_merger("model.visual.merger.mlp.0", "model.visual.merger.mlp.2"),
         frozen=_frozen_visual("model.visual.merger."),
         answer_prefix="",
@@ -356,8 +128,8 @@ RECIPES: dict[str, Recipe] = {
     "qwen3-vl": Recipe(
         model_cls=tf.Qwen3VLForConditionalGeneration,
         tokenizer=lambda spec: qwen_tokenizer(spec.seed, spec.tokenizer_vocab),
-        config=_q3_config,
-        processor=_qwen_processor(
+        config=fam.q3_config,
+        processor=fam.qwen_processor(
             tf.Qwen3VLProcessor, tf.Qwen3VLVideoProcessor, 16, ([0.5] * 3, [0.5] * 3)
         ),
         sink_layers=_merger(
