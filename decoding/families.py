@@ -103,12 +103,13 @@ LLAVA_NEXT = ModelFamily(
     name="llava-next",
     title="LLaVA-NeXT (1.6)",
     architectures=("LlavaNextForConditionalGeneration",),
-    undefined={
-        "damro": "the LLaVA-NeXT vision tower has one [CLS] token per anyres tile, and "
-        "the image features are unpadded and interleaved with newline tokens after the "
-        "tower; DAMRO's [CLS]-to-feature map for tiled images is not served yet"
+    deviations={
+        "damro": "one [CLS] per anyres tile: each image is scored by its base tile's "
+        "[CLS] (the whole image, resized) over that tile's patches, which lead the "
+        "image's features; high-resolution crop tokens are not candidates (their "
+        "features are unpadded and interleaved with newline tokens)",
+        "vcd": "the noise is drawn per tile (base image and each high-resolution crop)",
     },
-    deviations={"vcd": "the noise is drawn per tile (base image and each high-resolution crop)"},
 )
 
 LLAVA_ONEVISION = ModelFamily(

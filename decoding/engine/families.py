@@ -60,6 +60,18 @@ class DeepstackBuffer:
         model.deepstack_input_embeds_num_tokens = saved[0].shape[0]
 
 
+def _one_row_per_image(pixel_values: Any) -> list[int]:
+    return list(range(len(pixel_values)))
+
+
+def _first_tile_rows(pixel_values: Any) -> list[int]:
+    """LLaVA-NeXT stacks every image's anyres tiles into one tower batch (vLLM 0.32
+    ``llava_next.py`` ``_process_image_pixels``); each image's first tile is its base
+    (whole-image) view."""
+    tiles = [int(v.shape[0]) for v in pixel_values]
+    return [sum(tiles[:i]) for i in range(len(tiles))]
+
+
 def _language_layers(model: Any) -> Any:
     return model.language_model.model.layers
 
@@ -79,6 +91,9 @@ class Family:
     #: ``model -> the self-attention module of the vision tower's feature layer``, whose
     #: fused ``qkv_proj`` DAMRO reads; None where the tower has no [CLS] token.
     vision_attention: Callable[[Any], Any] | None = _clip_last_layer
+    #: ``pixel_values -> the tower batch row whose [CLS] DAMRO scores, per image``; the
+    #: selected patches are the first rows of that image's features.
+    cls_rows: Callable[[Any], list[int]] = _one_row_per_image
     #: Per-step inputs besides the embeddings that a second pass must see again.
     extra_inputs: type[DeepstackBuffer] | None = None
 
@@ -103,7 +118,12 @@ _MODEL = "decoding.engine.worker.model"
 LLAVA_15 = Family(_LLAVA_15, "LucidLlavaForConditionalGeneration", f"{_MODEL}:LucidLlava")
 FAMILIES: tuple[Family, ...] = (
     LLAVA_15,
-    Family(LLAVA_NEXT, "LucidLlavaNextForConditionalGeneration", f"{_MODEL}:LucidLlavaNext"),
+    Family(
+        LLAVA_NEXT,
+        "LucidLlavaNextForConditionalGeneration",
+        f"{_MODEL}:LucidLlavaNext",
+        cls_rows=_first_tile_rows,
+    ),
     Family(
         LLAVA_ONEVISION,
         "LucidLlavaOnevisionForConditionalGeneration",

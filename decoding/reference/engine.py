@@ -202,7 +202,7 @@ def _damro_contrast(
     pixels = inputs.family.per_image(inputs.pixel_values, inputs.vision)
     parts, feats, end, chosen = [], [], 0, []
     for (first, last), px, f in zip(runs, pixels, encoded.pooler_output, strict=True):
-        q, k = vision_qk(model, px.unsqueeze(0), profile.vision_feature_layer)
+        q, k = vision_qk(model, inputs.family.cls_pixels(px), profile.vision_feature_layer)
         outliers = damro_core.top_outliers(damro_core.cls_patch_attention(q, k), top_k)
         chosen.append(outliers.tolist())
         image = torch.full((len(outliers),), inputs.image_token_id, dtype=ids.dtype)

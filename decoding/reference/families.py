@@ -59,6 +59,11 @@ class ReferenceFamily:
             return torch.cat(images)
         return torch.stack(images)
 
+    def cls_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(1, C, H, W)``: the view of one image whose [CLS] DAMRO scores (LLaVA-NeXT:
+        the base tile, the whole image resized, whose patches lead the features)."""
+        return pixels[:1] if pixels.dim() == 4 else pixels.unsqueeze(0)
+
     def decoder_layers(self, model: Any) -> Any:
         return model.model.language_model.layers
 
