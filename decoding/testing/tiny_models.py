@@ -19,8 +19,9 @@ the same prompt:
   interleaved M-RoPE; 112x112 is resized to 192x192: 36 tokens.
 
 Weights are seeded, sinks are planted (:func:`decoding.testing.tiny_train.plant_sinks`:
-the template's first token and a few image tokens per image carry massive activations
-in ``config.sink_dims``), then the text model and the projector/merger are trained
+the template's first token, BOS or ``<|im_start|>``, and a few image tokens of some
+images carry massive activations in ``config.sink_dims``; with ChatML every turn's
+``<|im_start|>`` shares that embedding), then the text model and the projector/merger are trained
 briefly on synthetic scenes so greedy answers depend on image and prompt; the vision
 encoder stays at its seeded initialisation. Builds are deterministic (one thread,
 seeded, sorted safetensors keys): the same spec gives byte-identical files.
