@@ -241,3 +241,15 @@ def test_two_images_in_one_request(family_server) -> None:  # noqa: ANN001
 
 def test_two_images_in_one_request_llava_15(served, tiny_llava_dir: Path) -> None:  # noqa: ANN001
     _multi_image(served, tiny_llava_dir, _available("llava-1.5"))
+
+
+def test_reference_bench_runs_on_the_family(family_server) -> None:  # noqa: ANN001
+    """``make bench FAMILY=...`` prints the reference table: every available strategy
+    has a record, none for the undefined ones."""
+    from decoding.reference import bench as ref_bench
+
+    name, path, _ = family_server
+    model, processor = parity.load_reference(str(path))
+    records = ref_bench.run(model, processor, requests=1, max_new_tokens=4)
+    assert [r["strategy"] for r in records] == _available(name)
+    assert all(r["tokens"] > 0 for r in records)

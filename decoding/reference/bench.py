@@ -37,10 +37,16 @@ def run(
     from decoding.reference.cli import load_image
     from decoding.reference.engine import reference_generate
 
-    size = processor.image_processor.crop_size.get("height")
+    # The processor's crop size where it has one (LLaVA-1.5); processors that tile or
+    # resize dynamically (LLaVA-NeXT, OneVision, Qwen) get the served bench's 112 px.
+    crop = getattr(processor.image_processor, "crop_size", None) or {}
+    size = crop.get("height") if isinstance(crop, dict) else None
     images = [load_image(f"synthetic:{i}", size) for i in range(requests)]
     records = []
-    for name in strategies or all_strategies():
+    from decoding.reference.families import reference_family
+
+    undefined = reference_family(model.config).model.undefined
+    for name in [s for s in strategies or all_strategies() if s not in undefined]:
         decoding = {"strategy": name}
         reference_generate(model, processor, images[0], PROMPT, decoding, max_new_tokens=4)
         tokens, start = 0, time.perf_counter()
