@@ -232,27 +232,18 @@ def _plant_sinks(model, processor, spec: TinyLlavaSpec) -> list:  # noqa: ANN001
 
 
 def _train(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001
-    for p in model.model.vision_tower.parameters():
-        p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, spec.train_steps))
+    """The text model and projector train; the vision tower stays at its seeded init."""
+    from decoding.testing.tiny_train import train
+
+    train(
+        model,
+        lambda step: _batch(processor, _examples(spec, step)),
+        lambda name: not name.startswith("model.vision_tower."),
+        masks,
+        spec.train_steps,
+        spec.learning_rate,
+        log,
     )
-    model.train()
-    for step in range(spec.train_steps):
-        batch = _batch(processor, _examples(spec, step))
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        for p, m in masks:
-            p.grad.mul_(m)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if log and (step % 50 == 0 or step == spec.train_steps - 1):
-            print(f"step {step:4d}  loss {loss.item():.3f}", file=sys.stderr, flush=True)
-    model.eval()
 
 
 def _to_llava_hf_layout(out_dir: Path) -> None:
