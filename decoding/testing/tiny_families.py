@@ -193,16 +193,21 @@ def _text(spec: TinySpec, tok: Any, **extra: Any) -> dict[str, Any]:
 # -- LLaVA-NeXT: CLIP + Llama, anyres ---------------------------------------------------
 
 
+def _tower(spec: TinySpec) -> dict[str, Any]:
+    """The CLIP/SigLIP tower shape both LLaVA-NeXT and OneVision use (14 px patches)."""
+    return {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": spec.vision_hidden * 4,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "image_size": spec.image_size,
+        "patch_size": 14,
+    }
+
+
 def next_config(spec: TinySpec, tok: Any) -> tf.PreTrainedConfig:
     vision = tf.CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=14,
-        projection_dim=spec.vision_hidden,
-        hidden_act="quick_gelu",
+        **_tower(spec), projection_dim=spec.vision_hidden, hidden_act="quick_gelu"
     )
     text = tf.LlamaConfig(**_text(spec, tok, bos_token_id=1, eos_token_id=2))
     return tf.LlavaNextConfig(
@@ -246,15 +251,7 @@ def vision_model_layout(key: str) -> str:
 
 
 def ov_config(spec: TinySpec, tok: Any) -> tf.PreTrainedConfig:
-    vision = tf.SiglipVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=14,
-        vision_use_head=False,
-    )
+    vision = tf.SiglipVisionConfig(**_tower(spec), vision_use_head=False)
     text = tf.Qwen2Config(**_text(spec, tok, eos_token_id=tok.eos_token_id))
     image, video = _ids(tok, "<image>", "<video>")
     return tf.LlavaOnevisionConfig(
