@@ -169,9 +169,12 @@ async def measure(
     levels: list[int],
     requests: int,
     max_tokens: int,
+    rounds: int = 1,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Records (level-major, so the rows compared in a ratio are measured close in time)
-    and errors; a strategy that fails is reported and left out, the run goes on.
+    and errors; a strategy that fails is reported and left out, the run goes on. With
+    ``rounds`` > 1 every level runs each strategy once per round, interleaved, and a row
+    keeps every round's tokens/s (ratios are then medians of per-round ratios).
 
     Every measured request carries an image of its own: a repeated image would hit the
     server's image and prefix caches and favour whichever strategy runs later.
@@ -189,25 +192,29 @@ async def measure(
         await asyncio.gather(
             *(one_request(client, model, "none", chat, max_tokens, True) for chat in warm)
         )
-        for name in names:
-            if name in failed:
-                continue
-            try:
-                stream = await warm_up(client, model, name, max_tokens)
-                n = max(requests, level)
-                rec = await run_level(client, model, name, level, n, max_tokens, stream, seed)
-                seed += n
-            except openai.APIError as e:
-                failed.add(name)
-                errors.append({"strategy": name, "concurrency": level, "error": str(e)})
-                print(f"  {name:<8} c={level:<3} failed: {e}", file=sys.stderr, flush=True)
-                continue
-            records.append(rec)
-            print(
-                f"  {name:<8} c={level:<3} {rec['tokens_per_s']:9.1f} tok/s",
-                file=sys.stderr,
-                flush=True,
-            )
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for _round in range(rounds):
+            for name in names:
+                if name in failed:
+                    continue
+                try:
+                    stream = await warm_up(client, model, name, max_tokens)
+                    n = max(requests, level)
+                    rec = await run_level(client, model, name, level, n, max_tokens, stream, seed)
+                    seed += n
+                except openai.APIError as e:
+                    failed.add(name)
+                    runs.pop(name, None)
+                    errors.append({"strategy": name, "concurrency": level, "error": str(e)})
+                    print(f"  {name:<8} c={level:<3} failed: {e}", file=sys.stderr, flush=True)
+                    continue
+                runs.setdefault(name, []).append(rec)
+                print(
+                    f"  {name:<8} c={level:<3} {rec['tokens_per_s']:9.1f} tok/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        records += [report.merge_rounds(runs[name]) for name in names if name in runs]
     await client.close()
     return records, errors
 
@@ -378,6 +385,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--requests", type=int, default=16, help="requests per level (>= conc)")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every level this many times, strategies interleaved; ratios are medians "
+        "of per-round ratios (steadier on a shared machine)",
+    )
     ap.add_argument("--no-beam", action="store_true", help="skip the beam-5 baseline")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference engine")
     ap.add_argument("--reference-requests", type=int, default=4, help="per strategy and round")
@@ -447,10 +461,12 @@ def measure_compiled(
         raise SystemExit("--compiled starts its own servers: give --model (or no --url)")
     flags = [*extra, "--no-enforce-eager"]
     with serving(None, model, flags) as url:
-        records, errors = asyncio.run(measure(url, names, levels, args.requests, args.max_tokens))
+        records, errors = asyncio.run(
+            measure(url, names, levels, args.requests, args.max_tokens, args.rounds)
+        )
     with serving(None, model, [*flags, "--strategies", "none"]) as url:
         none_only, errs = asyncio.run(
-            measure(url, ["none"], levels, args.requests, args.max_tokens)
+            measure(url, ["none"], levels, args.requests, args.max_tokens, args.rounds)
         )
     errors = [{**e, "server": "compiled"} for e in errors + errs]
     return {
@@ -503,14 +519,14 @@ def bench_one(args: argparse.Namespace) -> None:
         names = [n for n in names if n not in (version.get("unavailable") or {})]
         variants = names + ([] if args.no_beam else [BEAM])
         records, errors = asyncio.run(
-            measure(url, variants, levels, args.requests, args.max_tokens)
+            measure(url, variants, levels, args.requests, args.max_tokens, args.rounds)
         )
 
     overhead = None
     if args.overhead or args.compare_url:
         with serving(args.compare_url, model, [*extra, "--strategies", "none"]) as url2:
             others, errs = asyncio.run(
-                measure(url2, ["none"], levels, args.requests, args.max_tokens)
+                measure(url2, ["none"], levels, args.requests, args.max_tokens, args.rounds)
             )
         errors += [{**e, "server": "none-only"} for e in errs]
         overhead = {

@@ -82,6 +82,34 @@ def level_record(
     }
 
 
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from repeated rounds of the same (strategy, concurrency): the median
+    round's row, with every round's tokens/s in round order (for paired ratios)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    middle = sorted(rounds, key=lambda r: r["tokens_per_s"])[len(rounds) // 2]
+    return {**middle, "rounds_tokens_per_s": [r["tokens_per_s"] for r in rounds]}
+
+
+def _paired(records: list[dict[str, Any]], base: str) -> dict[str, dict[str, float]]:
+    """tokens/s over ``base``'s per concurrency: the median of the per-round ratios when
+    both rows have rounds (each pair measured minutes apart at most, so a load change on
+    the machine moves both), else the ratio of the rows."""
+    rows = {(r["strategy"], str(r["concurrency"])): r for r in records}
+    out: dict[str, dict[str, float]] = {}
+    for (name, conc), r in rows.items():
+        den = rows.get((base, conc))
+        if name == base or den is None or not den["tokens_per_s"]:
+            continue
+        a, b = r.get("rounds_tokens_per_s"), den.get("rounds_tokens_per_s")
+        if a and b and len(a) == len(b):
+            value = statistics.median(x / y for x, y in zip(a, b, strict=True))
+        else:
+            value = r["tokens_per_s"] / den["tokens_per_s"]
+        out.setdefault(name, {})[conc] = value
+    return out
+
+
 def _tps(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for r in records:
@@ -95,9 +123,7 @@ def _over(num: dict[str, float], den: dict[str, float]) -> dict[str, float]:
 
 def vs_none(records: list[dict[str, Any]], base: str = "none") -> dict[str, dict[str, float]]:
     """tokens/s of each row over ``base``'s at the same concurrency (``base`` left out)."""
-    tps = _tps(records)
-    out = {s: _over(v, tps.get(base, {})) for s, v in tps.items() if s != base}
-    return {s: v for s, v in out.items() if v}
+    return _paired(records, base)
 
 
 def vs_reference(
@@ -115,9 +141,9 @@ def vs_reference(
 def ratios(
     records: list[dict[str, Any]], reference: list[dict[str, Any]] | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
-    tps = _tps(records)
     against_beam = [s for s, ratio, _ in declared_targets() if ratio == "vs_beam5"]
-    beam = {s: _over(tps[s], tps.get(BEAM, {})) for s in against_beam if s in tps}
+    paired = _paired(records, BEAM)
+    beam = {s: paired[s] for s in against_beam if s in paired}
     return {
         "vs_none": vs_none(records),
         "vs_reference": vs_reference(records, reference or []),

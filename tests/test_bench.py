@@ -12,6 +12,7 @@ import pytest
 
 from server import bench
 from server.bench_report import (
+    merge_rounds,
     ordered,
     overhead_lines,
     overhead_ratio,
@@ -75,6 +76,17 @@ def test_ratios_are_within_each_concurrency() -> None:
         "vs_reference": {},
         "vs_beam5": {},
     }
+
+
+def test_rounds_give_the_median_row_and_paired_ratios() -> None:
+    # Round 2 ran while the machine was busy: both rows slowed down, the ratio held.
+    none = merge_rounds([rec("none", 16, 400.0), rec("none", 16, 200.0), rec("none", 16, 380.0)])
+    var = merge_rounds([rec("var", 16, 320.0), rec("var", 16, 170.0), rec("var", 16, 300.0)])
+    assert none["tokens_per_s"] == 380.0 and none["rounds_tokens_per_s"] == [400.0, 200.0, 380.0]
+    assert var["tokens_per_s"] == 300.0
+    # Per-round ratios 0.8, 0.85, 0.789...: their median, not 300 / 380.
+    assert ratios([none, var])["vs_none"]["var"]["16"] == pytest.approx(0.8)
+    assert merge_rounds([rec("none", 1, 5.0)]) == rec("none", 1, 5.0)
 
 
 def test_targets_met_missed_and_not_measured() -> None:

@@ -53,7 +53,9 @@ def _dense(q, k, v, bias, image, sinks, p, rho, summ, scale):  # noqa: ANN001, A
     return out, new @ v, changed
 
 
-@pytest.mark.parametrize("attention", [var_core.math_lse_attention, _cpu_flash])
+@pytest.mark.parametrize(
+    "attention", [var_core.math_lse_attention, _cpu_flash, var_core.SHARED_SCORES]
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_partitioned_update_equals_the_dense_definition(attention, seed: int) -> None:  # noqa: ANN001
     q, k, v, bias, image, sinks, p, rho, summ = _case(seed)
@@ -120,11 +122,37 @@ def test_cuda_path_through_a_cpu_stand_in() -> None:
         attention=lambda *a: lse.cuda_lse_attention(*a, op=efficient),
     )  # fmt: skip
     plain = var_core.partitioned_update(q, k, v, bias, scale, image, sinks, p, 1 - rho, summ)
-    assert calls[0] == ((3, 4, 5, 16), True, 0.0, False)
+    # One call over the stacked queries [q; q] (all keys, then the non-sink image keys).
+    assert calls[0] == ((3, 4, 10, 16), True, 0.0, False)
     for got, want in zip(via_cuda, plain, strict=True):
         torch.testing.assert_close(got, want)
     assert lse.lse_attention_for(torch.device("cpu")) is lse.cpu_lse_attention
+    assert lse.lse_attention_for(torch.device("cpu"), 16) is lse.cpu_lse_attention
+    assert lse.lse_attention_for(torch.device("cpu"), 1) == var_core.SHARED_SCORES
+    assert lse.lse_attention_for(torch.device("cuda"), 1) is lse.cuda_lse_attention
     assert lse.lse_attention_for(torch.device("cuda")) is lse.cuda_lse_attention
+
+
+def test_partition_shared_between_layers_equals_one_per_layer() -> None:
+    """The engine builds one partition per step for all edited layers; each layer's slice
+    gives the same update as a partition of that layer alone (another layer's sinks and a
+    different sink count included)."""
+    q, k, v, bias, image, sinks, p, rho, summ = _case(2)
+    other = torch.zeros_like(sinks)
+    other[:, [0, 6, 7, 8, 9]] = True  # more sinks in the second layer: padding differs
+    stacked = torch.stack([sinks, other])
+    for attention in (var_core.math_lse_attention, var_core.SHARED_SCORES):
+        kernel = attention != var_core.SHARED_SCORES
+        shared = var_core.partition(bias, image, stacked, kernel)
+        assert shared is not None and (not kernel or shared.order.shape == (6, 5))
+        for i, layer_sinks in enumerate((sinks, other)):
+            got = var_core.apply_partition(q, k, v, shared.layer(i), 0.4, p, 1 - rho, summ,
+                                           attention)  # fmt: skip
+            want = var_core.partitioned_update(q, k, v, bias, 0.4, image, layer_sinks, p,
+                                               1 - rho, summ)  # fmt: skip
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        assert var_core.partition(bias, image, torch.zeros_like(stacked), kernel) is None
 
 
 def test_step_timing_harness_runs(tmp_path) -> None:  # noqa: ANN001

@@ -283,11 +283,13 @@ def test_worker_step_on_a_paged_cache() -> None:
     starts = [0]
     for n in n_query:
         starts.append(starts[-1] + n)
-    # Paged cache: scattered blocks; every slot no request owns holds NaN.
+    # Paged cache in the FlashAttention layout [blocks, kv_heads, block, 2 * head_dim] (each
+    # token's key and value side by side): scattered blocks; every slot no request owns
+    # holds NaN.
     n_blocks = 24
     order = torch.randperm(n_blocks, generator=gen).tolist()
     table = torch.zeros(len(specs), 6, dtype=torch.int32)
-    cache = torch.full((2, n_blocks, kv_heads, block, dim), float("nan"))
+    cache = torch.full((n_blocks, kv_heads, block, 2 * dim), float("nan"))
     keys, values = [], []
     for r, length in enumerate(seq):
         need = -(-length // block)
@@ -297,7 +299,7 @@ def test_worker_step_on_a_paged_cache() -> None:
         values.append(v)
         for pos in range(length):
             b, o = int(table[r, pos // block]), pos % block
-            cache[0, b, :, o], cache[1, b, :, o] = k[pos], v[pos]
+            cache[b, :, o] = torch.cat([k[pos], v[pos]], dim=-1)
     meta = SimpleNamespace(
         query_start_loc=torch.tensor(starts, dtype=torch.int32),
         seq_lens=torch.tensor(seq, dtype=torch.int32),
@@ -310,9 +312,10 @@ def test_worker_step_on_a_paged_cache() -> None:
         st["sinks"][:, positions] = True
         st["probed"] = len(rows[r].prompt)
     plan = worker.build_plan(rows, meta, torch.device("cpu"))
-    assert plan is not None and plan.edits is not None
+    assert plan is not None and len(plan.edits) == 2  # decoding rows, the prefill row
     assert sorted(plan.probes) == [1, 2] and len(plan.probes[1]) == 1  # the prefill row
-    assert plan.edits.tokens.shape[0] == 3  # p = 0 is never edited
+    assert [e.tokens.shape for e in plan.edits] == [(2, 1), (1, 3)]  # p = 0 is never edited
+    assert [e.shared for e in plan.edits] == [True, False]
     # The prefill row's residual stream: massive activations at positions 0, 2 and 4.
     total = starts[-1]
     hidden_states = torch.randn(total, hidden, generator=gen)
@@ -327,7 +330,7 @@ def test_worker_step_on_a_paged_cache() -> None:
         scale = dim**-0.5
 
         def split_cache(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return kv[0], kv[1]
+            return kv.split(dim, dim=-1)
 
     layer = SimpleNamespace(layer_name="language_model.model.layers.1.self_attn.attn")
     worker._CURRENT = plan

@@ -34,6 +34,7 @@ the layer range and ``D_sink`` come from the model profile.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -126,6 +127,161 @@ def math_lse_attention(
     return torch.nan_to_num(probs, nan=0.0) @ v, lse
 
 
+@dataclass(frozen=True)
+class Partition:
+    """The key partition of a batch of VAR queries: everything :func:`apply_partition`
+    needs that does not depend on ``q``, ``k`` or ``v``. Built by :func:`partition` once
+    per step (sinks and image spans do not change while a request decodes) and shared by
+    every edited layer; rows may be ``layers x requests`` (see :meth:`layer`). The
+    fields marked "kernel" exist only for the attention-kernel path."""
+
+    requests: int
+    bias: torch.Tensor  # (B, 1, Q, L); kernel: (B, 1, 2Q, L), then the non-sink image keys
+    has_visual: torch.Tensor  # (B, 1, 1) bool
+    eps: torch.Tensor  # (B, 1, 1) float: SHARE_EPS * image tokens (select_rows' epsilon)
+    masks: torch.Tensor | None = None  # (B, L, 3) float: targets, sinks, visual sinks
+    order: torch.Tensor | None = None  # kernel (B, S) long: sink keys, padded
+    sink_bias: torch.Tensor | None = None  # kernel (B, 1, Q, S): their bias, -inf on padding
+    visual: torch.Tensor | None = None  # kernel (B, S) float: 1 for visual sinks
+    has_target: torch.Tensor | None = None  # kernel (B, 1, 1) bool
+
+    def layer(self, i: int) -> Partition:
+        """Layer ``i``'s rows of a partition built for ``(layers, R, L)`` sinks."""
+        rows = slice(i * self.requests, (i + 1) * self.requests)
+        cut = {
+            f.name: getattr(self, f.name)[rows]
+            for f in fields(self)
+            if f.name != "requests" and getattr(self, f.name) is not None
+        }
+        return Partition(requests=self.requests, **cut)
+
+
+def partition(
+    bias: torch.Tensor, image: torch.Tensor, sinks: torch.Tensor, kernel: bool = True
+) -> Partition | None:
+    """The partition for ``bias`` ``(R, 1, Q, L)``, ``image`` ``(R, L)`` and ``sinks``
+    ``(R, L)`` or ``(layers, R, L)`` (bool), for the attention-kernel path or (``kernel``
+    False) the shared-scores one. None when no row has a sink: nothing changes."""
+    n, width, length = bias.shape[0], bias.shape[2], bias.shape[3]
+    flat = sinks.reshape(-1, length)
+    layers = flat.shape[0] // n
+    count = int(flat.sum(dim=-1).max()) if flat.numel() else 0
+    if count == 0:
+        return None
+    rows = bias.expand(n, 1, width, length)
+    rows = rows.repeat(layers, 1, 1, 1) if layers > 1 else rows
+    img = image.repeat(layers, 1) if layers > 1 else image
+    targets = img & ~flat
+    common = {
+        "requests": n,
+        "has_visual": (flat & img).any(dim=-1)[:, None, None],
+        "eps": SHARE_EPS * img.sum(dim=-1).float()[:, None, None],
+    }
+    if not kernel:
+        masks = torch.stack([targets, flat, flat & img], dim=-1).float()
+        return Partition(bias=rows, masks=masks, **common)
+    inf = torch.tensor(float("-inf"), device=bias.device)
+    t_bias = rows + torch.where(targets, 0.0, inf)[:, None, None, :]
+    order = torch.argsort((~flat).to(torch.int8), dim=-1, stable=True)[:, :count]
+    valid = torch.gather(flat, 1, order)
+    sink_bias = torch.gather(rows, 3, order[:, None, None, :].expand(-1, 1, width, count))
+    return Partition(
+        bias=torch.cat([rows, t_bias], dim=2),
+        order=order,
+        sink_bias=sink_bias + torch.where(valid, 0.0, inf)[:, None, None, :],
+        visual=(valid & torch.gather(img, 1, order)).float(),
+        has_target=targets.any(dim=-1)[:, None, None],
+        **common,
+    )
+
+
+#: ``attention`` value of :func:`apply_partition` that derives every segment from one
+#: score matrix instead of attention kernels (:func:`_shared_scores`).
+SHARED_SCORES = "shared-scores"
+
+
+def apply_partition(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    part: Partition,
+    scale: float,
+    p: torch.Tensor,
+    threshold: torch.Tensor,
+    summ: torch.Tensor,
+    attention: Any = math_lse_attention,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VAR's change of the attention output for a batch of requests. Shapes and returns
+    as :func:`partitioned_update`.
+
+    The segment terms (output and log-sum-exp over all keys and over the non-sink image
+    keys, the sinks' weights and values) come either from one LSE attention call over
+    the stacked queries ``[q; q]`` plus a gather of the few sink keys (``attention`` a
+    kernel, as on GPUs), or, with ``attention=SHARED_SCORES``, from one ``q k^T``
+    product that every segment reuses: fewer, larger operations, faster on CPUs for a
+    few queries per request (decoding). Both are exact."""
+    if attention == SHARED_SCORES:
+        if part.masks is None:
+            raise ValueError("a kernel partition was given to the shared-scores path")
+        return _shared_scores(q, k, v, part, scale, p, threshold, summ)
+    if part.order is None:
+        raise ValueError("a shared-scores partition was given to the kernel path")
+    width = q.shape[2]
+    both, lse2 = attention(torch.cat([q, q], dim=2), k, v, part.bias, scale)
+    out, o_t = both[:, :, :width], both[:, :, width:]
+    lse, lse_t = lse2[..., :width], lse2[..., width:]
+    m_t = torch.where(part.has_target, torch.exp(lse_t - lse), 0.0)
+    k_s, v_s = _sinks_of(k, part), _sinks_of(v, part)
+    a_s = torch.exp((q @ k_s.transpose(-1, -2)) * scale + part.sink_bias - lse[..., None])
+    m_s = a_s.sum(dim=-1)
+    m_vs = (a_s * part.visual[:, None, None, :]).sum(dim=-1)
+    changed = _selected(m_t, m_s, m_vs, part, p, threshold, summ)
+    delta = p[:, None, None, None] * (m_s[..., None] * o_t - a_s @ v_s)
+    return torch.where(changed[..., None], delta, 0.0), changed, out
+
+
+def _selected(
+    m_t: torch.Tensor, m_s: torch.Tensor, m_vs: torch.Tensor, part: Partition,
+    p: torch.Tensor, threshold: torch.Tensor, summ: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """:func:`select_rows` from the masses (and only rows with targets and ``p > 0``)."""
+    img = m_t + m_vs
+    share = m_vs / (img + part.eps)
+    return (
+        (img >= summ[:, None, None])
+        & (share <= threshold[:, None, None])
+        & part.has_visual
+        & (m_t > 0)
+        & (p[:, None, None] > 0)
+    )
+
+
+def _sinks_of(x: torch.Tensor, part: Partition) -> torch.Tensor:
+    """The sink keys' rows of ``x`` ``(R, H, L, D)``: ``(R, H, S, D)``."""
+    idx = part.order[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1])
+    return torch.gather(x, 2, idx)
+
+
+def _shared_scores(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: Partition, scale: float,
+    p: torch.Tensor, threshold: torch.Tensor, summ: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The same update from one probability matrix ``a`` of the queries (as large as the
+    score matrix, which is small for a few queries per request): the three masses are
+    one product ``a @ [targets, sinks, visual sinks]``, and the change is
+    ``p * (a * (m_S / m_T * targets - sinks)) @ v``, i.e. sinks keep ``1 - p`` of their
+    weight and targets gain ``p * m_S`` in proportion to theirs."""
+    # Every query sees at least its own key: no row of the softmax is empty. A non-finite
+    # key or value shows in the result (callers check), as in the kernel path.
+    probs = torch.softmax((q @ k.transpose(-1, -2)) * scale + part.bias, dim=-1)
+    m_t, m_s, m_vs = (probs @ part.masks[:, None]).unbind(dim=-1)
+    changed = _selected(m_t, m_s, m_vs, part, p, threshold, summ)
+    gain = torch.where(m_t > 0, m_s / m_t, 0.0)[..., None]
+    targets, sinks = part.masks[:, None, None, :, 0], part.masks[:, None, None, :, 1]
+    delta = p[:, None, None, None] * ((probs * (gain * targets - sinks)) @ v)
+    return torch.where(changed[..., None], delta, 0.0), changed, probs @ v
+
+
 def partitioned_update(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -148,42 +304,13 @@ def partitioned_update(
     Q, D)`` to add to the attention output over all keys, ``changed`` ``(R, H, Q)``
     bool, and that output ``out`` (recomputed here, so callers need not trust a kernel's
     layout). ``out + delta`` equals :func:`select_rows` + :func:`redistribute` followed by
-    ``probs @ v`` (float32 rounding aside).
+    ``probs @ v`` (float32 rounding aside). :func:`partition` + :func:`apply_partition`
+    is the same computation with the partition shared between layers.
     """
-    n = q.shape[0]
-    inf = torch.tensor(float("-inf"), device=q.device)
-    out, lse = attention(q, k, v, bias, scale)
-    targets = image & ~sinks
-    t_bias = bias + torch.where(targets, 0.0, inf)[:, None, None, :]
-    o_t, lse_t = attention(q, k, v, t_bias, scale)
-    has_target = targets.any(dim=-1)[:, None, None]
-    m_t = torch.where(has_target, torch.exp(lse_t - lse), 0.0)
-    # The few sink keys, gathered per request (padded with an invisible key).
-    count = int(sinks.sum(dim=-1).max()) if sinks.numel() else 0
-    if count == 0:
+    shared = attention == SHARED_SCORES
+    part = partition(bias, image, sinks, kernel=not shared)
+    if part is None:
+        out, _ = (math_lse_attention if shared else attention)(q, k, v, bias, scale)
         none = torch.zeros(q.shape[:-1], dtype=torch.bool, device=q.device)
         return torch.zeros_like(out), none, out
-    order = torch.argsort((~sinks).to(torch.int8), dim=-1, stable=True)[:, :count]
-    valid = torch.gather(sinks, 1, order)  # (R, S)
-    idx = order[:, None, :, None]
-    k_s = torch.gather(k, 2, idx.expand(-1, k.shape[1], -1, k.shape[-1]))
-    v_s = torch.gather(v, 2, idx.expand(-1, v.shape[1], -1, v.shape[-1]))
-    s_bias = torch.gather(bias.expand(n, 1, q.shape[2], -1), 3, order[:, None, None, :].expand(
-        n, 1, q.shape[2], count
-    )) + torch.where(valid, 0.0, inf)[:, None, None, :]  # fmt: skip
-    a_s = torch.exp((q @ k_s.transpose(-1, -2)) * scale + s_bias - lse[..., None])
-    visual = (valid & torch.gather(image, 1, order)).float()
-    m_s = a_s.sum(dim=-1)
-    m_vs = (a_s * visual[:, None, None, :]).sum(dim=-1)
-    img = m_t + m_vs
-    share = m_vs / (img + SHARE_EPS * image.sum(dim=-1).float()[:, None, None])
-    has_visual = (sinks & image).any(dim=-1)[:, None, None]
-    changed = (
-        (img >= summ[:, None, None])
-        & (share <= threshold[:, None, None])
-        & has_visual
-        & (m_t > 0)
-        & (p[:, None, None] > 0)
-    )
-    delta = p[:, None, None, None] * (m_s[..., None] * o_t - a_s @ v_s)
-    return torch.where(changed[..., None], delta, 0.0), changed, out
+    return apply_partition(q, k, v, part, scale, p, threshold, summ, attention)

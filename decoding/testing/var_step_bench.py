@@ -66,6 +66,7 @@ def _timed(fn: Any, device: torch.device, repeats: int) -> float:
 def var_step(s: Shapes, requests: int, device: torch.device, dtype: torch.dtype) -> Any:
     """A closure running VAR's edit of one decode step in every edited layer."""
     from decoding.engine.worker.lse import lse_attention_for
+    from decoding.engine.worker.paged import gather_kv
 
     g = torch.Generator(device="cpu").manual_seed(0)
     length = s.prompt + s.generated
@@ -80,27 +81,29 @@ def var_step(s: Shapes, requests: int, device: torch.device, dtype: torch.dtype)
     sinks[:, 0] = True
     picks = torch.randint(s.image[0], s.image[1], (requests, s.sinks - 1), generator=g)
     sinks.scatter_(1, picks.to(device), True)
+    seq_lens = torch.full((requests,), length, device=device)
+    layer_sinks = sinks[None].expand(s.edited_layers, -1, -1)
     bias = torch.zeros(requests, 1, 1, length, device=device)
     p = torch.full((requests,), 0.4, device=device)
     thr = torch.full((requests,), 0.5, device=device)
     summ = torch.full((requests,), 0.2, device=device)
-    attention = lse_attention_for(device)
     group = s.heads // s.kv_heads
+    attention = lse_attention_for(device, group)  # one query per request and KV head group
 
-    def layer() -> None:
-        part = cache.index_select(0, table.flatten())
-        part = part.view(requests, per_request, s.kv_heads, s.block, -1).transpose(1, 2)
-        kv = part.reshape(requests, s.kv_heads, -1, 2 * s.head_dim)[:, :, :length].float()
-        k, v = kv.split(s.head_dim, dim=-1)
-        q = query.float().view(requests, s.kv_heads, group, s.head_dim)
-        var_core.partitioned_update(
-            q, k.contiguous(), v.contiguous(), bias.repeat(1, 1, group, 1), s.head_dim**-0.5,
-            image, sinks, p, thr, summ, attention=attention,
-        )  # fmt: skip
+    def split(kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kv.split(s.head_dim, dim=-1)  # FlashAttention: key and value side by side
 
     def step() -> None:
-        for _ in range(s.edited_layers):
-            layer()
+        # As the engine: one key partition per step for all edited layers (sinks are
+        # final while decoding), then the paged gather and the update per layer.
+        kernel = attention != var_core.SHARED_SCORES
+        part = var_core.partition(bias.repeat(1, 1, group, 1), image, layer_sinks, kernel)
+        for i in range(s.edited_layers):
+            k, v = gather_kv(cache, table, seq_lens, length, split)
+            q = query.float().view(requests, s.kv_heads, group, s.head_dim)
+            var_core.apply_partition(
+                q, k, v, part.layer(i), s.head_dim**-0.5, p, thr, summ, attention=attention
+            )
 
     return step
 

@@ -9,6 +9,12 @@ platform has a fused kernel that returns both:
 * CUDA: ``aten._scaled_dot_product_efficient_attention`` with ``compute_log_sumexp``
   (an additive bias; the log-sum-exp comes padded along the query axis);
 * anything else: the plain formula (:func:`decoding.cores.var.math_lse_attention`).
+
+On CPUs, a step whose edited requests have at most :data:`SHARED_SCORES_MAX_QUERIES`
+queries each along the (grouped) query axis, i.e. decoding, skips the kernel: one score
+matrix serves every segment (:data:`decoding.cores.var.SHARED_SCORES`), which measured
+1.3-1.7x faster than the stacked flash call for 1-4 queries and slower from 16 on
+(``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -53,8 +59,15 @@ def cuda_lse_attention(
     return out, lse[..., :width].float()
 
 
-def lse_attention_for(device: torch.device) -> Attention:
+#: Most queries per request (query heads of a KV head included) for the shared-scores path.
+SHARED_SCORES_MAX_QUERIES = 4
+
+
+def lse_attention_for(device: torch.device, queries: int | None = None) -> Attention | str:
+    """The attention for VAR's segments on ``device`` with ``queries`` per request."""
     if device.type == "cpu":
+        if queries is not None and queries <= SHARED_SCORES_MAX_QUERIES:
+            return var_core.SHARED_SCORES
         return cpu_lse_attention
     if device.type == "cuda":
         return cuda_lse_attention

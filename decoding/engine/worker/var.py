@@ -51,6 +51,7 @@ from decoding.engine.worker import hooks
 from decoding.engine.worker.attention import layer_index
 from decoding.engine.worker.graphs import eager_step
 from decoding.engine.worker.lse import lse_attention_for
+from decoding.engine.worker.paged import gather_kv
 from decoding.engine.worker.rows import STEP, Row
 from decoding.wire import ATTENTION, FORWARD, VarSettings
 
@@ -92,7 +93,7 @@ class Probe:
     row: Row
     tokens: tuple[int, int]  # [start, end) in the step's token order
     first: int  # position of the first one
-    edit: int | None  # the request's index among the step's edited requests
+    edit: tuple[int, int] | None  # (edit group, index in it) when its queries are edited
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Edits:
 
     layers: dict[int, int]  # decoder layer -> index into ``sinks``
     block_ids: torch.Tensor  # (R, blocks) paged-cache block ids
+    seq_lens: torch.Tensor  # (R,) each request's own key range
     length: int  # L: longest key range
     tokens: torch.Tensor  # (R, Q) token index of each query (padding: a real index)
     bias: torch.Tensor  # (R, 1, Q, L) float: 0 for the keys a query sees, -inf elsewhere
@@ -111,12 +113,30 @@ class Edits:
     p: torch.Tensor  # (R,) float32
     threshold: torch.Tensor  # (R,) float32: 1 - rho
     summ: torch.Tensor  # (R,) float32
+    shared: bool = True  # sinks are final for the whole step (no probes): one partition
+    parts: dict[int, var_core.Partition | None] = field(default_factory=dict)
+
+    def partition(self, slot: int, group: int, kernel: bool) -> var_core.Partition | None:
+        """Layer ``slot``'s key partition (queries repeated per KV-head ``group``; for the
+        attention-kernel path or the shared-scores one), built on first use. Without
+        probes in the step the sinks are final, so one batched partition serves every
+        layer; with probes, layer ``slot``'s sinks are complete only once its pre-hook has
+        run, so each layer gets its own."""
+        if slot not in self.parts:
+            bias = self.bias.repeat(1, 1, group, 1) if group > 1 else self.bias
+            if self.shared:
+                whole = var_core.partition(bias, self.image, self.sinks, kernel)
+                for i in self.layers.values():
+                    self.parts[i] = whole.layer(i) if whole is not None else None
+            else:
+                self.parts[slot] = var_core.partition(bias, self.image, self.sinks[slot], kernel)
+        return self.parts[slot]
 
 
 @dataclass
 class Plan:
     probes: dict[int, list[Probe]] = field(default_factory=dict)  # layer -> probes
-    edits: Edits | None = None
+    edits: list[Edits] = field(default_factory=list)  # decoding and prefilling requests
 
 
 #: The plan of the step being run (None outside VAR steps).
@@ -146,7 +166,7 @@ def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | 
     starts = meta.query_start_loc.tolist()
     lengths = meta.seq_lens.tolist()
     plan = Plan()
-    probed: list[Probe] = []
+    probed: list[tuple[Probe, int | None]] = []  # with the request's index in ``edited``
     edited: list[tuple[int, Row, dict, int, int]] = []  # index, row, state, start, first
     for index in sorted(rows):
         if index + 1 >= len(starts):
@@ -166,13 +186,25 @@ def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | 
             _check_gap(st, first)
             stop = min(end, start + n_prompt - first)
             st["probed"] = max(st["probed"], first + (stop - start))
-            probed.append(Probe(row, (start, stop), first, edit))
-    for probe in probed:
+            probed.append((Probe(row, (start, stop), first, None), edit))
+    # Requests with one edited query (decoding) and those with more (prefill) are padded
+    # separately: a decoding row padded to a prompt's width would multiply its work.
+    groups: list[list[int]] = [[], []]
+    for i, (index, _row, st, _start, first) in enumerate(edited):
+        wide = lengths[index] - max(first, st["image_end"] + 1) > 1
+        groups[wide].append(i)
+    where: dict[int, tuple[int, int]] = {}
+    for members in filter(None, groups):
+        for r, i in enumerate(members):
+            where[i] = (len(plan.edits), r)
+        plan.edits.append(_edits(meta, [edited[i] for i in members], lengths, device))
+    for probe, edit in probed:
+        if edit is not None:
+            probe.edit = where[edit]
+            plan.edits[probe.edit[0]].shared = False  # its sinks complete during the step
         for layer in probe.row.state["layers"]:
             plan.probes.setdefault(layer, []).append(probe)
-    if edited:
-        plan.edits = _edits(meta, edited, lengths, device)
-    if not plan.probes and plan.edits is None:
+    if not plan.probes and not plan.edits:
         return None
     return plan
 
@@ -193,56 +225,69 @@ def _edits(
 ) -> Edits:
     n = len(edited)
     layers = sorted({layer for _, _, st, _, _ in edited for layer in st["layers"]})
-    length = max(lengths[index] for index, *_ in edited)
-    queries: list[list[tuple[int, int]]] = []  # per request: (token, position)
-    for index, _row, st, start, first in edited:
-        lo = max(first, st["image_end"] + 1)  # queries after the image only
-        queries.append([(start + pos - first, pos) for pos in range(lo, lengths[index])])
-    width = max(len(q) for q in queries)
-    tokens = torch.zeros(n, width, dtype=torch.long)
-    positions = torch.zeros(n, width, dtype=torch.long)
-    flat_rows, flat_tokens = [], []
-    for r, qs in enumerate(queries):
-        tokens[r] = qs[0][0]  # padding repeats a real token; it is never written back
-        for j, (tok, pos) in enumerate(qs):
-            tokens[r, j], positions[r, j] = tok, pos
-            flat_rows.append(r * width + j)
-            flat_tokens.append(tok)
-    key_pos = torch.arange(length)
-    keep = key_pos[None, None, :] <= positions[:, :, None]
+    own = [lengths[index] for index, *_ in edited]
+    length = max(own)
+    # Queries after the image only: positions lo .. own - 1 of each request, whose tokens
+    # sit at start + position - first in the step's token order.
+    lows = [max(first, st["image_end"] + 1) for _, _, st, _, first in edited]
+    ints = torch.tensor(
+        [lows, [o - lo for o, lo in zip(own, lows, strict=True)],
+         [start - first for _, _, _, start, first in edited], own],
+        dtype=torch.long,
+    )  # fmt: skip
+    low, count, offset, seq_lens = ints
+    width = int(count.max())
+    j = torch.arange(width)
+    real = j[None, :] < count[:, None]  # (R, Q)
+    # Padding repeats a request's last query; it is never written back.
+    positions = low[:, None] + torch.minimum(j[None, :], count[:, None] - 1)
+    tokens = positions + offset[:, None]
+    flat_rows = torch.nonzero(real.flatten()).flatten()
+    keep = torch.arange(length)[None, None, :] <= positions[:, :, None]
     bias = torch.zeros(n, 1, width, length).masked_fill_(~keep[:, None], float("-inf"))
-    image = torch.zeros(n, length, dtype=torch.bool, device=device)
-    sinks = torch.zeros(len(layers), n, length, dtype=torch.bool, device=device)
-    slot = {layer: i for i, layer in enumerate(layers)}
-    for r, (_, row, st, _, _) in enumerate(edited):
-        plen = len(row.prompt)
-        image[r, :plen] = st["image"]
-        if st["layers"] == layers:
-            sinks[:, r, :plen] = st["sinks"]
-        else:
+    states = [st for _, _, st, _, _ in edited]
+    image = _padded([st["image"] for st in states], length)
+    if all(st["layers"] == layers for st in states):
+        sinks = _padded([st["sinks"].T for st in states], length).permute(2, 0, 1)
+    else:
+        sinks = torch.zeros(len(layers), n, length, dtype=torch.bool, device=device)
+        for r, st in enumerate(states):
             for i, layer in enumerate(st["layers"]):
-                sinks[slot[layer], r, :plen] = st["sinks"][i]
+                sinks[layers.index(layer), r, : st["sinks"].shape[1]] = st["sinks"][i]
     table = meta.block_table
     index_t = torch.tensor([index for index, *_ in edited], device=table.device)
-
-    def params(key: str, fn: Any = float) -> torch.Tensor:
-        vals = [fn(getattr(row.config, key)) for _, row, *_ in edited]
-        return torch.tensor(vals, dtype=torch.float32, device=device)
-
+    cfgs = [row.config for _, row, *_ in edited]
+    params = torch.tensor(
+        [[c.p for c in cfgs], [1.0 - c.rho for c in cfgs], [c.summ for c in cfgs]],
+        dtype=torch.float32, device=device,
+    )  # fmt: skip
     return Edits(
-        layers=slot,
+        layers={layer: i for i, layer in enumerate(layers)},
         block_ids=table.index_select(0, index_t).long().clamp_(min=0),
+        seq_lens=seq_lens.to(device),
         length=length,
         tokens=tokens.to(device),
         bias=bias.to(device),
-        flat_rows=torch.tensor(flat_rows, dtype=torch.long, device=device),
-        flat_tokens=torch.tensor(flat_tokens, dtype=torch.long, device=device),
-        image=image,
-        sinks=sinks,
-        p=params("p"),
-        threshold=params("rho", lambda rho: 1.0 - float(rho)),
-        summ=params("summ"),
+        flat_rows=flat_rows.to(device),
+        flat_tokens=tokens.flatten()[flat_rows].to(device),
+        image=image.to(device),
+        sinks=sinks.contiguous().to(device),
+        p=params[0],
+        threshold=params[1],
+        summ=params[2],
     )
+
+
+def _padded(per_request: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack ``(prompt_len, ...)`` tensors into ``(R, length, ...)``, False-padded (or cut
+    at ``length``: a prompt still being prefilled in chunks)."""
+    stacked = torch.nn.utils.rnn.pad_sequence(per_request, batch_first=True)[:, :length]
+    extra = length - stacked.shape[1]
+    if extra > 0:
+        pad = torch.zeros(stacked.shape[0], extra, *stacked.shape[2:], dtype=stacked.dtype,
+                          device=stacked.device)  # fmt: skip
+        stacked = torch.cat([stacked, pad], dim=1)
+    return stacked
 
 
 # --- hooks -------------------------------------------------------------------------------
@@ -260,11 +305,11 @@ def _probe_hook(layer: int):  # noqa: ANN202
             cfg, st = probe.row.config, probe.row.state
             mask = var_core.sink_mask(x, list(cfg.dims), cfg.tau)
             st["sinks"][st["layers"].index(layer), probe.first : probe.first + (b - a)] = mask
-            edits = plan.edits
-            if probe.edit is not None and edits is not None and layer in edits.layers:
-                edits.sinks[edits.layers[layer], probe.edit, probe.first : probe.first + b - a] = (
-                    mask
-                )
+            if probe.edit is not None:
+                group, r = probe.edit
+                edits = plan.edits[group]
+                if layer in edits.layers:
+                    edits.sinks[edits.layers[layer], r, probe.first : probe.first + b - a] = mask
 
     return hook
 
@@ -307,43 +352,49 @@ def attend(
 ) -> None:
     """``attention``: VAR on the edited queries of this layer, in place."""
     plan = _CURRENT
-    if plan is None or plan.edits is None:
+    if plan is None:
         return
-    e = plan.edits
-    slot = e.layers.get(layer_index(layer))
-    if slot is None:
-        return
-    key_cache, value_cache = impl.split_cache(kv_cache)
+    for e in plan.edits:
+        slot = e.layers.get(layer_index(layer))
+        if slot is not None:
+            _edit(e, slot, impl, query, kv_cache, out)
+
+
+def _edit(
+    e: Edits, slot: int, impl: Any, query: torch.Tensor, kv_cache: torch.Tensor, out: Any
+) -> None:
     n, width = e.tokens.shape
     heads, dim = query.shape[1], query.shape[2]
-    kv_heads, block = key_cache.shape[1], key_cache.shape[2]
+    kv_heads = kv_cache.shape[1]  # [blocks, kv_heads, block_size, ...] on both backends
     group = heads // kv_heads
-
-    ids = e.block_ids[:, : (e.length + block - 1) // block]
-
-    def gather(cache: torch.Tensor) -> torch.Tensor:  # (R, kv_heads, L, D) float32
-        part = cache.index_select(0, ids.flatten())
-        part = part.view(n, -1, kv_heads, block, part.shape[-1]).transpose(1, 2)
-        return part.reshape(n, kv_heads, -1, part.shape[-1])[:, :, : e.length].float()
-
-    # Slots past a request's length are masked out, but they may hold anything (NaN
-    # included) and must not reach the products.
-    k = torch.nan_to_num(gather(key_cache), nan=0.0, posinf=0.0, neginf=0.0)
-    v = torch.nan_to_num(gather(value_cache), nan=0.0, posinf=0.0, neginf=0.0)
+    attention = lse_attention_for(query.device, group * width)
+    part = e.partition(slot, group, kernel=attention != var_core.SHARED_SCORES)
+    if part is None:  # no sinks in any edited request: nothing changes
+        return
+    output = out.view(out.shape[0], heads, -1)
+    current = output.index_select(0, e.tokens.flatten()).view(n, width, heads, dim)
     # Query head h reads KV head h // group (vLLM's and transformers' GQA layout): each KV
     # head carries its group's queries stacked along the query axis.
     q = query.index_select(0, e.tokens.flatten()).float().view(n, width, kv_heads, group, dim)
     q = q.permute(0, 2, 3, 1, 4).reshape(n, kv_heads, group * width, dim)
-    bias = e.bias.repeat(1, 1, group, 1)
-    delta, changed, full = var_core.partitioned_update(
-        q, k, v, bias, float(impl.scale), e.image, e.sinks[slot], e.p, e.threshold, e.summ,
-        attention=lse_attention_for(q.device),
-    )  # fmt: skip
-    # The edited rows' new output: the recomputed output over all keys plus the change.
-    new = (full + delta).view(n, kv_heads, group, width, dim).reshape(n, heads, width, dim)
+
+    def edited(clean: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = gather_kv(kv_cache, e.block_ids, e.seq_lens, e.length, impl.split_cache, clean)
+        delta, changed, full = var_core.apply_partition(
+            q, k, v, part, float(impl.scale), e.p, e.threshold, e.summ, attention=attention
+        )
+        # The recomputed output over all keys plus the change (kept on the selected rows).
+        return full + delta, changed
+
+    new, changed = edited(clean=False)
+    if not bool(torch.isfinite(new).all()):  # a non-finite value in a foreign slot
+        new, changed = edited(clean=True)
+    new = new.view(n, kv_heads, group, width, dim).reshape(n, heads, width, dim)
     changed = changed.view(n, kv_heads, group, width).reshape(n, heads, width)
-    output = out.view(out.shape[0], heads, -1)
-    current = output.index_select(0, e.tokens.flatten()).view(n, width, heads, dim)
-    new = new.permute(0, 2, 1, 3)  # (R, Q, H, D)
-    merged = torch.where(changed.permute(0, 2, 1)[..., None], new.to(output.dtype), current)
-    output[e.flat_tokens] = merged.reshape(n * width, heads, dim)[e.flat_rows]
+    new = new.permute(0, 2, 1, 3).to(output.dtype)  # (R, Q, H, D)
+    merged = torch.where(changed.permute(0, 2, 1)[..., None], new, current)
+    merged = merged.reshape(n * width, heads, dim)
+    if e.flat_rows.numel() == n * width:  # no padding (decoding): a plain row copy
+        output.index_copy_(0, e.flat_tokens, merged)
+    else:
+        output[e.flat_tokens] = merged[e.flat_rows]
