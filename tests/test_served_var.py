@@ -314,7 +314,8 @@ def test_worker_step_on_a_paged_cache() -> None:
     plan = worker.build_plan(rows, meta, torch.device("cpu"))
     assert plan is not None and len(plan.edits) == 2  # decoding rows, the prefill row
     assert sorted(plan.probes) == [1, 2] and len(plan.probes[1]) == 1  # the prefill row
-    assert [e.tokens.shape for e in plan.edits] == [(2, 1), (1, 3)]  # p = 0 is never edited
+    # p = 0 is never edited, nor a decoding request without visual sinks (row 3).
+    assert [e.tokens.shape for e in plan.edits] == [(1, 1), (1, 3)]
     assert [e.shared for e in plan.edits] == [True, False]
     # The prefill row's residual stream: massive activations at positions 0, 2 and 4.
     total = starts[-1]
@@ -323,7 +324,15 @@ def test_worker_step_on_a_paged_cache() -> None:
     for pos in (0, 2, 4):
         hidden_states[starts[1] + pos, 5] = 40.0
     query = torch.randn(total, heads, dim, generator=gen)
-    out = torch.randn(total, heads, dim, generator=gen)
+    # What the stock kernel wrote: plain causal attention of each token over its request.
+    out = torch.empty(total, heads, dim)
+    for r in range(len(specs)):
+        for tok in range(starts[r], starts[r + 1]):
+            pos = seq[r] - (starts[r + 1] - tok)
+            for h in range(heads):
+                kv = h // (heads // kv_heads)
+                probs = torch.softmax(query[tok, h] @ keys[r][: pos + 1, kv].T * dim**-0.5, -1)
+                out[tok, h] = probs @ values[r][: pos + 1, kv]
     before = out.clone()
 
     class Impl:

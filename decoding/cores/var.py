@@ -210,9 +210,11 @@ def apply_partition(
     threshold: torch.Tensor,
     summ: torch.Tensor,
     attention: Any = math_lse_attention,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with_out: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """VAR's change of the attention output for a batch of requests. Shapes and returns
-    as :func:`partitioned_update`.
+    as :func:`partitioned_update`; without ``with_out`` the output over all keys may be
+    left out (None), for callers that add the change to the kernel's own output.
 
     The segment terms (output and log-sum-exp over all keys and over the non-sink image
     keys, the sinks' weights and values) come either from one LSE attention call over
@@ -223,7 +225,7 @@ def apply_partition(
     if attention == SHARED_SCORES:
         if part.masks is None:
             raise ValueError("a kernel partition was given to the shared-scores path")
-        return _shared_scores(q, k, v, part, scale, p, threshold, summ)
+        return _shared_scores(q, k, v, part, scale, p, threshold, summ, with_out)
     if part.order is None:
         raise ValueError("a shared-scores partition was given to the kernel path")
     width = q.shape[2]
@@ -237,7 +239,8 @@ def apply_partition(
     m_vs = (a_s * part.visual[:, None, None, :]).sum(dim=-1)
     changed = _selected(m_t, m_s, m_vs, part, p, threshold, summ)
     delta = p[:, None, None, None] * (m_s[..., None] * o_t - a_s @ v_s)
-    return torch.where(changed[..., None], delta, 0.0), changed, out
+    # A product, not a select: a non-finite input stays visible in the result.
+    return delta * changed[..., None], changed, out
 
 
 def _selected(
@@ -264,8 +267,8 @@ def _sinks_of(x: torch.Tensor, part: Partition) -> torch.Tensor:
 
 def _shared_scores(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: Partition, scale: float,
-    p: torch.Tensor, threshold: torch.Tensor, summ: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    p: torch.Tensor, threshold: torch.Tensor, summ: torch.Tensor, with_out: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """The same update from one probability matrix ``a`` of the queries (as large as the
     score matrix, which is small for a few queries per request): the three masses are
     one product ``a @ [targets, sinks, visual sinks]``, and the change is
@@ -276,10 +279,12 @@ def _shared_scores(
     probs = torch.softmax((q @ k.transpose(-1, -2)) * scale + part.bias, dim=-1)
     m_t, m_s, m_vs = (probs @ part.masks[:, None]).unbind(dim=-1)
     changed = _selected(m_t, m_s, m_vs, part, p, threshold, summ)
-    gain = torch.where(m_t > 0, m_s / m_t, 0.0)[..., None]
+    # The weight change per key, zero on rows that are not selected.
+    gain = torch.where(changed, p[:, None, None] * m_s / m_t, 0.0)[..., None]
+    keep = torch.where(changed, p[:, None, None], 0.0)[..., None]
     targets, sinks = part.masks[:, None, None, :, 0], part.masks[:, None, None, :, 1]
-    delta = p[:, None, None, None] * ((probs * (gain * targets - sinks)) @ v)
-    return torch.where(changed[..., None], delta, 0.0), changed, probs @ v
+    delta = (probs * (gain * targets - keep * sinks)) @ v
+    return delta, changed, (probs @ v if with_out else None)
 
 
 def partitioned_update(

@@ -18,13 +18,16 @@ rows of the batch to their tokens and positions (one read of the attention metad
 * **Edits.** After the stock attention kernel of each profile layer (:func:`attend`, a
   ``attention`` hook), the queries after the image (the prompt's text after the
   image at prefill, the new token when decoding) of all VAR rows get the exact
-  partitioned-attention update of :func:`decoding.cores.var.partitioned_update`, in one
-  padded float32 batch from the paged KV cache: two LSE-returning attention calls (all
-  keys, non-sink image keys; :mod:`.lse` picks the platform's fused kernel) and a gather
-  of the few sink keys give the masses that select image-centric rows and the change
-  ``p * (m_S * o_T - sum_s a_s v_s)``; no probability matrix is materialised. Only the
+  partitioned-attention update of :func:`decoding.cores.var.apply_partition`, added to
+  the kernel's output. Decoding requests (one query each) and prefilling ones are padded
+  into separate batches; the keys of each batch come from one gather of its blocks of the
+  paged KV cache (:mod:`.paged`), and the key partition (image, sink and target masks)
+  is built once per step for every layer. The segment terms come from an LSE-returning
+  attention kernel (:mod:`.lse` picks the platform's; no probability matrix), or on CPUs
+  for decoding batches from one small score matrix shared by all segments. Only the
   selected (token, head) outputs change; every other output value, and every row of
-  other requests, is left as the kernel wrote it.
+  other requests, is left as the kernel wrote it. A decoding request whose layers hold
+  no visual sink can never change and is left out.
 
 State lives in the request's :class:`~decoding.engine.worker.rows.Row`, created when the
 request enters the batch, so sinks are never carried over to the next request in the
@@ -178,7 +181,11 @@ def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | 
         st = _state(row, device)
         first = lengths[index] - (end - start)
         edit = None
-        if row.config.p > 0.0 and lengths[index] - 1 > st["image_end"]:
+        if (
+            row.config.p > 0.0
+            and lengths[index] - 1 > st["image_end"]
+            and _may_change(st, row, first)
+        ):
             edit = len(edited)
             edited.append((index, row, st, start, first))
         n_prompt = len(row.prompt)
@@ -207,6 +214,16 @@ def build_plan(rows: dict[int, Row], meta: Any, device: torch.device) -> Plan | 
     if not plan.probes and not plan.edits:
         return None
     return plan
+
+
+def _may_change(st: dict[str, Any], row: Row, first: int) -> bool:
+    """False for a request past its prompt whose layers hold no visual sink: no row of it
+    is ever selected (as the official ``HeadFork``), so it is left out of the edits."""
+    if first < len(row.prompt):
+        return True  # its sinks are (partly) read in this step
+    if "visual" not in st:
+        st["visual"] = bool((st["sinks"] & st["image"]).any())
+    return st["visual"]
 
 
 def _check_gap(st: dict[str, Any], first: int) -> None:
@@ -372,28 +389,25 @@ def _edit(
     if part is None:  # no sinks in any edited request: nothing changes
         return
     output = out.view(out.shape[0], heads, -1)
-    current = output.index_select(0, e.tokens.flatten()).view(n, width, heads, dim)
     # Query head h reads KV head h // group (vLLM's and transformers' GQA layout): each KV
     # head carries its group's queries stacked along the query axis.
     q = query.index_select(0, e.tokens.flatten()).float().view(n, width, kv_heads, group, dim)
     q = q.permute(0, 2, 3, 1, 4).reshape(n, kv_heads, group * width, dim)
 
-    def edited(clean: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def change(clean: bool) -> torch.Tensor:
         k, v = gather_kv(kv_cache, e.block_ids, e.seq_lens, e.length, impl.split_cache, clean)
-        delta, changed, full = var_core.apply_partition(
-            q, k, v, part, float(impl.scale), e.p, e.threshold, e.summ, attention=attention
-        )
-        # The recomputed output over all keys plus the change (kept on the selected rows).
-        return full + delta, changed
+        return var_core.apply_partition(
+            q, k, v, part, float(impl.scale), e.p, e.threshold, e.summ, attention, with_out=False
+        )[0]
 
-    new, changed = edited(clean=False)
-    if not bool(torch.isfinite(new).all()):  # a non-finite value in a foreign slot
-        new, changed = edited(clean=True)
-    new = new.view(n, kv_heads, group, width, dim).reshape(n, heads, width, dim)
-    changed = changed.view(n, kv_heads, group, width).reshape(n, heads, width)
-    new = new.permute(0, 2, 1, 3).to(output.dtype)  # (R, Q, H, D)
-    merged = torch.where(changed.permute(0, 2, 1)[..., None], new, current)
-    merged = merged.reshape(n * width, heads, dim)
+    delta = change(clean=False)  # zero on the rows that are not selected
+    if not bool(torch.isfinite(delta).all()):  # a non-finite value in a foreign slot
+        delta = change(clean=True)
+    # The kernel's output plus the change: every row that is not selected keeps exactly
+    # what the kernel wrote.
+    delta = delta.view(n, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)
+    current = output.index_select(0, e.tokens.flatten())
+    merged = current + delta.reshape(n * width, heads, dim).to(output.dtype)
     if e.flat_rows.numel() == n * width:  # no padding (decoding): a plain row copy
         output.index_copy_(0, e.flat_tokens, merged)
     else:
