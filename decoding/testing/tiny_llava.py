@@ -6,17 +6,21 @@ two-layer GELU projector, a Llama text model), a locally trained byte-level BPE
 tokenizer with ``<image>`` and the llava-1.5 chat template, and a ``LlavaProcessor``.
 ``transformers`` and vLLM load it like any checkpoint.
 
-Weights are seeded; the text model and projector are then trained briefly on synthetic
-coloured-shape scenes (:mod:`decoding.testing.synthetic`) so that greedy answers depend
-on both the image and the prompt. The vision tower stays at its seeded initialisation
-(random CLIP features still encode colour and position), which keeps training short.
+Weights are seeded; the whole model, vision tower included, is then trained on the
+synthetic world of :mod:`decoding.testing.world` (objects with strong co-occurrence and
+frequency priors), so that it grounds what it sees and also hallucinates a frequent
+partner that is absent: the phenomenon the decoding strategies target. Training runs in
+two phases: first everything learns; then the vision tower is frozen, the visual sink
+unit is calibrated on the trained tower's features, and the text model and projector
+learn around the planted sinks.
 
 Planted attention sinks: "massive activation" dimensions ``sink_dims`` of the residual
 stream, as VAR (Kang et al., ICLR 2025) finds them in LLaMA-2 (dims 1415/2533 of 7B).
 The BOS embedding carries a large constant in those dimensions (a text sink), and one
 projector unit, tuned to fire on a few percent of patches, writes a large value into
 ``sink_dims[0]`` (visual sinks that depend on the image). Those entries are frozen during
-training so the model learns around them. With hidden size ``H`` the VAR score
+training so the model learns around them (the BOS entries from the start, the unit from
+the second phase on). With hidden size ``H`` the VAR score
 ``max |x_d| / RMS(x)`` is bounded by ``sqrt(H)``, so the tiny model's profile uses a
 smaller sink threshold than the paper's 20 (see ``decoding/profiles``).
 
@@ -47,18 +51,18 @@ from transformers import (
     LlavaProcessor,
 )
 
-from decoding.testing import synthetic
+from decoding.testing import training, world
 from decoding.testing.tokenizer import build_tokenizer
 
 #: Residual-stream dimensions that carry the planted massive activations.
 TINY_SINK_DIMS = (17, 93)
 #: Bumped whenever the build recipe changes, so cached builds are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
 class TinyLlavaSpec:
-    """Knobs of the tiny checkpoint. Defaults give ~64 image tokens and build in ~1 min."""
+    """Knobs of the tiny checkpoint. Defaults give 64 image tokens and build in ~3 min."""
 
     seed: int = 0
     image_size: int = 112  # 112/14 = 8x8 = 64 image tokens (336 gives LLaVA's 576)
@@ -71,9 +75,13 @@ class TinyLlavaSpec:
     text_heads: int = 4  # head_dim 32: vLLM's CPU attention needs 32, 64, 80, ...
     text_intermediate: int = 384
     tokenizer_vocab: int = 1024
-    train_steps: int = 300
+    train_steps: int = 600
     batch_size: int = 16
     learning_rate: float = 3e-3
+    sink_phase: float = 0.6  # share of the steps after which the tower freezes, sinks plant
+    turns: int = 4  # question/answer turns per training image
+    patch_loss_weight: float = 1.0  # auxiliary loss: each patch token names what it shows
+    match_head_gain: float = 4.0  # start of a content-matching head (0: plain init)
     sink_dims: tuple[int, ...] = TINY_SINK_DIMS
     sink_value: float = 6.0  # BOS value in each sink dim (embeddings are ~0.02-0.3)
     visual_sink_fraction: float = 0.04  # share of patches the sink unit fires on
@@ -143,31 +151,48 @@ def _processor(spec: TinyLlavaSpec, tokenizer) -> LlavaProcessor:  # noqa: ANN00
 
 def _examples(spec: TinyLlavaSpec, step: int) -> list[tuple]:
     rng = random.Random(spec.seed * 1_000_003 + step)
-    out = []
-    for _ in range(spec.batch_size):
-        scene = synthetic.random_scene(rng)
-        img = synthetic.draw_scene(scene, spec.image_size, rng)
-        q, a = rng.choice(synthetic.questions(scene, rng))
-        out.append((img, q, a))
-    return out
+    return [
+        world.training_example(rng, spec.image_size, spec.turns) for _ in range(spec.batch_size)
+    ]
 
 
-def _batch(processor: LlavaProcessor, examples: list[tuple]) -> dict[str, torch.Tensor]:
+def _batch(processor: LlavaProcessor, examples: list[tuple], grid: int) -> dict[str, torch.Tensor]:
+    """Conversations in the llava-1.5 template: ``USER: <image>\nq1 ASSISTANT: a1</s>USER:
+    q2 ASSISTANT: a2</s>...``; only the answers (and their ``</s>``) are labels."""
     tok = processor.tokenizer
-    ids, labels = [], []
+    words: dict[str, int] = {}
+
+    def word(w: str) -> int:
+        if w not in words:
+            words[w] = tok(" " + w, add_special_tokens=False)["input_ids"][0]
+        return words[w]
+
+    ids, labels, patches = [], [], []
     pixels = []
-    for img, q, a in examples:
+    for scene, turns in examples:
+        first = turns[0][0]
         prompt = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": first}]}],
             add_generation_prompt=True,
         )
         # The chat template writes BOS itself (as vLLM's chat endpoint expects).
-        enc = processor(images=img, text=prompt, return_tensors="pt", add_special_tokens=False)
-        p_ids = enc["input_ids"][0].tolist()
-        a_ids = tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids.append(p_ids + a_ids)
-        labels.append([-100] * len(p_ids) + a_ids)
+        enc = processor(
+            images=scene.draw(), text=prompt, return_tensors="pt", add_special_tokens=False
+        )
+        seq = enc["input_ids"][0].tolist()
+        lab = [-100] * len(seq)
+        for i, (q, a) in enumerate(turns):
+            if i:
+                user = tok(f"USER: {q} ASSISTANT:", add_special_tokens=False)["input_ids"]
+                seq += user
+                lab += [-100] * len(user)
+            answer = tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            seq += answer
+            lab += answer
+        ids.append(seq)
+        labels.append(lab)
         pixels.append(enc["pixel_values"])
+        patches.append([word(w) for w in scene.patch_labels(grid)])
     width = max(len(x) for x in ids)
     pad = tok.pad_token_id
     input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -182,7 +207,28 @@ def _batch(processor: LlavaProcessor, examples: list[tuple]) -> dict[str, torch.
         "attention_mask": mask,
         "labels": label_t,
         "pixel_values": torch.cat(pixels),
+        "patch_labels": torch.tensor(patches),
     }
+
+
+def _loss(model, batch: dict, spec: TinyLlavaSpec) -> torch.Tensor:  # noqa: ANN001
+    """Caption/answer loss plus the patch loss: the projected patch token, read against
+    the input embeddings, names its object (or the background). Image tokens then look
+    like the words of what they show, which the text model learns to use quickly
+    (LLaVA's stage-one alignment plays that role for real models)."""
+    targets = batch.pop("patch_labels")
+    loss = model(**batch).loss
+    if spec.patch_loss_weight:
+        feats = model.model.multi_modal_projector(
+            _feature_layer_patches(model, batch["pixel_values"])
+        )
+        keep = torch.ones(feats.shape[-1])
+        keep[list(spec.sink_dims)] = 0  # the planted sink dims are no word evidence
+        emb = model.model.language_model.embed_tokens.weight
+        logits = (feats * keep) @ emb.T
+        aux = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss = loss + spec.patch_loss_weight * aux
+    return loss
 
 
 def _feature_layer_patches(model: LlavaForConditionalGeneration, pixels: torch.Tensor):
@@ -190,22 +236,40 @@ def _feature_layer_patches(model: LlavaForConditionalGeneration, pixels: torch.T
     return out.hidden_states[-2][:, 1:]  # drop CLS as the "default" strategy does
 
 
-def _plant_sinks(model, processor, spec: TinyLlavaSpec) -> list:  # noqa: ANN001
-    """Write the massive-activation entries and return gradient masks that freeze them."""
+UNIT = 0  # the projector hidden unit dedicated to visual sinks
+
+
+def _plant_text_sink(model, processor, spec: TinyLlavaSpec) -> list[training.Mask]:  # noqa: ANN001
+    """BOS carries the massive activation; the sink unit is reserved (silent) until the
+    second phase. Returns the gradient masks that keep both fixed."""
     bos = processor.tokenizer.bos_token_id
-    dims = list(spec.sink_dims)
     emb = model.model.language_model.embed_tokens.weight
     proj = model.model.multi_modal_projector
-    unit = 0  # the projector hidden unit dedicated to visual sinks
     with torch.no_grad():
-        emb[bos, dims] = spec.sink_value
-        # Calibrate the unit on seeded scenes so it fires on ~visual_sink_fraction of patches.
-        rng = random.Random(spec.seed + 7)
-        imgs = [
-            synthetic.draw_scene(synthetic.random_scene(rng), spec.image_size, rng)
-            for _ in range(32)
-        ]
-        pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
+        emb[bos, list(spec.sink_dims)] = spec.sink_value
+        proj.linear_2.weight[:, UNIT] = 0.0
+    m_emb = torch.ones_like(emb)
+    m_emb[bos, list(spec.sink_dims)] = 0
+    masks = [(emb, m_emb)]
+    for p in (proj.linear_1.weight, proj.linear_1.bias):
+        m = torch.ones_like(p)
+        m[UNIT] = 0
+        masks.append((p, m))
+    m2 = torch.ones_like(proj.linear_2.weight)
+    m2[:, UNIT] = 0
+    masks.append((proj.linear_2.weight, m2))
+    return masks
+
+
+def _plant_visual_sinks(model, processor, spec: TinyLlavaSpec) -> None:  # noqa: ANN001
+    """Freeze the (trained) tower and tune the sink unit on its features so that it fires
+    on ~``visual_sink_fraction`` of the patches of seeded scenes."""
+    training.freeze(model.model.vision_tower)
+    proj = model.model.multi_modal_projector
+    rng = random.Random(spec.seed + 7)
+    imgs = [world.train_scene(rng, spec.image_size).draw() for _ in range(32)]
+    pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
         feats = _feature_layer_patches(model, pixels).reshape(-1, spec.vision_hidden)
         gen = torch.Generator().manual_seed(spec.seed + 11)
         direction = torch.randn(spec.vision_hidden, generator=gen)
@@ -213,46 +277,45 @@ def _plant_sinks(model, processor, spec: TinyLlavaSpec) -> list:  # noqa: ANN001
         score = feats @ direction
         cut = torch.quantile(score, 1.0 - spec.visual_sink_fraction)
         scale = 1.0 / (score.std() + 1e-6)
-        proj.linear_1.weight[unit] = direction * scale
-        proj.linear_1.bias[unit] = -cut * scale
-        proj.linear_2.weight[:, unit] = 0.0
-        proj.linear_2.weight[dims[0], unit] = spec.visual_sink_gain
-    masks = []
-    m_emb = torch.ones_like(emb)
-    m_emb[bos, dims] = 0
-    masks.append((emb, m_emb))
-    for p, idx in ((proj.linear_1.weight, (unit,)), (proj.linear_1.bias, (unit,))):
-        m = torch.ones_like(p)
-        m[idx] = 0
-        masks.append((p, m))
-    m2 = torch.ones_like(proj.linear_2.weight)
-    m2[:, unit] = 0
-    masks.append((proj.linear_2.weight, m2))
-    return masks
+        proj.linear_1.weight[UNIT] = direction * scale
+        proj.linear_1.bias[UNIT] = -cut * scale
+        proj.linear_2.weight[spec.sink_dims[0], UNIT] = spec.visual_sink_gain
+
+
+def _init_match_head(model, spec: TinyLlavaSpec) -> None:  # noqa: ANN001
+    """Start head 0 of the first text layer as a content-matching head: query and key
+    read the same seeded projection of the input, in the slowest RoPE frequencies (so
+    the score barely depends on distance). A word of the question then attends to the
+    image tokens that show it (the patch loss makes them look like that word). Small
+    models rarely find this circuit in a few hundred steps from a random start; it stays
+    trainable like every other weight."""
+    if not spec.match_head_gain:
+        return
+    attn = model.model.language_model.layers[0].self_attn
+    head = spec.text_hidden // spec.text_heads
+    half = head // 2
+    rows = [*range(half - 4, half), *range(head - 4, head)]  # lowest-frequency pairs
+    gen = torch.Generator().manual_seed(spec.seed + 13)
+    proj = torch.linalg.qr(torch.randn(spec.text_hidden, len(rows), generator=gen))[0].T
+    with torch.no_grad():
+        attn.q_proj.weight[rows] = spec.match_head_gain * proj
+        attn.k_proj.weight[rows] = proj
 
 
 def _train(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001
-    for p in model.model.vision_tower.parameters():
-        p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, spec.train_steps))
+    def phase_two() -> list[training.Mask]:
+        _plant_visual_sinks(model, processor, spec)
+        return []
+
+    training.train(
+        model,
+        lambda step: _batch(processor, _examples(spec, step), spec.image_size // spec.patch_size),
+        training.Schedule(spec.train_steps, spec.learning_rate),
+        masks,
+        phases={int(spec.train_steps * spec.sink_phase): phase_two},
+        log=log,
+        loss_fn=lambda m, b: _loss(m, b, spec),
     )
-    model.train()
-    for step in range(spec.train_steps):
-        batch = _batch(processor, _examples(spec, step))
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        for p, m in masks:
-            p.grad.mul_(m)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if log and (step % 50 == 0 or step == spec.train_steps - 1):
-            print(f"step {step:4d}  loss {loss.item():.3f}", file=sys.stderr, flush=True)
-    model.eval()
 
 
 def _to_llava_hf_layout(out_dir: Path) -> None:
@@ -290,7 +353,8 @@ def build_tiny_llava(
         torch.manual_seed(spec.seed)
         model = LlavaForConditionalGeneration(cfg).float()
         processor = _processor(spec, tokenizer)
-        masks = _plant_sinks(model, processor, spec)
+        masks = _plant_text_sink(model, processor, spec)
+        _init_match_head(model, spec)
         _train(model, processor, spec, masks, log)
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
