@@ -58,7 +58,7 @@ eval-chair: venv
 	$(PY) -m eval chair $(if $(URL),--url $(URL),) $(ARGS)
 
 # Every strategy on the embedded tiny checkpoint in the synthetic world (POPE + CHAIR,
-# bootstrap intervals, cost); results in build/eval-demo. ARGS="--scenes 100" for more.
+# bootstrap intervals, cost); results in build/eval-demo. ARGS="--scenes 100" for narrower intervals.
 eval-demo: venv
 	$(PY) -m eval.demo $(if $(URL),--url $(URL),) $(ARGS)
 

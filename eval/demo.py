@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="a running server on the tiny checkpoint (default: start one)")
     ap.add_argument("--model", help="checkpoint to serve (default: the embedded tiny one)")
-    ap.add_argument("--scenes", type=int, default=100, help="held-out scenes (default 100)")
+    ap.add_argument("--scenes", type=int, default=40, help="held-out scenes (default 40)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--concurrency", type=int)

@@ -12,11 +12,16 @@ import torch
 
 from decoding.reference import reference_generate
 from decoding.reference.inputs import encode
-from decoding.testing import synthetic
+from decoding.testing import synthetic, world
 
 NEW = 20
-# (image seed, prompt) pairs; on seed 0 every strategy changes at least one answer.
-CASES = [(0, "Describe the image."), (0, "How many shapes are there?")]
+#: Held-out scenes of the synthetic world whose prior partner is absent (where the
+#: strategies act): (scene index, prompt) pairs.
+_PROBES = world.conflict_scenes(2)
+CASES = [
+    (_PROBES[0][0], "Describe the image."),
+    (_PROBES[0][0], f"Is there a {_PROBES[0][1].missing_partners[0]} in the image?"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def tiny(tiny_llava_dir: Path):  # noqa: ANN201
 
 
 def _image(seed: int):  # noqa: ANN202
-    return synthetic.sample(seed)[0]
+    return synthetic.heldout(seed)[0]
 
 
 def _generate(model, processor, image, prompt, **kw) -> list[int]:  # noqa: ANN001
@@ -88,7 +93,11 @@ def test_opera_without_penalty_and_rollback_is_beam_search(tiny, candidates) -> 
 
 def test_defaults_change_some_answers(tiny, greedy) -> None:  # noqa: ANN001
     model, processor = tiny
-    cases = CASES + [(3, "Describe the image."), (3, "How many shapes are there?")]
+    other = _PROBES[1]
+    cases = CASES + [
+        (other[0], "Describe the image."),
+        (other[0], f"Is there a {other[1].missing_partners[0]} in the image?"),
+    ]
     plain = {c: greedy.get(c) or _generate(model, processor, _image(c[0]), c[1]) for c in cases}
     changed = {}
     for name in ("vcd", "avc", "damro", "var", "opera"):
@@ -101,7 +110,7 @@ def test_defaults_change_some_answers(tiny, greedy) -> None:  # noqa: ANN001
 
 def test_greedy_logprobs_and_margins_match_generate_scores(tiny) -> None:  # noqa: ANN001
     model, processor = tiny
-    image, prompt = _image(1), "What is the background colour?"
+    image, prompt = _image(1), "What colour is the background?"
     enc = encode(model, processor, image, prompt)
     with torch.no_grad():
         gen = model.generate(
@@ -176,7 +185,7 @@ def test_damro_outliers_from_vision_tower(tiny) -> None:  # noqa: ANN001
 
 def test_var_sinks_from_hidden_states(tiny) -> None:  # noqa: ANN001
     model, processor = tiny
-    image, prompt = _image(0), "How many shapes are there?"
+    image, prompt = _image(0), "How many objects are there?"
     enc = encode(model, processor, image, prompt)
     dims = list(model.config.sink_dims)
     with torch.no_grad():

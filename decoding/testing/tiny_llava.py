@@ -75,13 +75,13 @@ class TinyLlavaSpec:
     text_heads: int = 4  # head_dim 32: vLLM's CPU attention needs 32, 64, 80, ...
     text_intermediate: int = 384
     tokenizer_vocab: int = 1024
-    train_steps: int = 600
+    train_steps: int = 400
     batch_size: int = 16
     learning_rate: float = 3e-3
     sink_phase: float = 0.6  # share of the steps after which the tower freezes, sinks plant
     turns: int = 4  # question/answer turns per training image
     patch_loss_weight: float = 1.0  # auxiliary loss: each patch token names what it shows
-    match_head_gain: float = 4.0  # start of a content-matching head (0: plain init)
+    match_head_gain: float = 8.0  # start of a content-matching head (0: plain init)
     sink_dims: tuple[int, ...] = TINY_SINK_DIMS
     sink_value: float = 6.0  # BOS value in each sink dim (embeddings are ~0.02-0.3)
     visual_sink_fraction: float = 0.04  # share of patches the sink unit fires on
@@ -276,7 +276,10 @@ def _plant_visual_sinks(model, processor, spec: TinyLlavaSpec) -> None:  # noqa:
         direction /= direction.norm()
         score = feats @ direction
         cut = torch.quantile(score, 1.0 - spec.visual_sink_fraction)
-        scale = 1.0 / (score.std() + 1e-6)
+        # Trained features cluster (background patches are alike), so scale by the spread
+        # of the firing patches: the top quarter of them reaches a pre-activation of 3.
+        upper = torch.quantile(score, 1.0 - spec.visual_sink_fraction / 4)
+        scale = 3.0 / (upper - cut + 1e-6)
         proj.linear_1.weight[UNIT] = direction * scale
         proj.linear_1.bias[UNIT] = -cut * scale
         proj.linear_2.weight[spec.sink_dims[0], UNIT] = spec.visual_sink_gain
