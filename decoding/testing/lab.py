@@ -110,7 +110,7 @@ def measure(model: Any, processor: Any, scenes: int = 40, conflicts: int = 40) -
 
 
 def derive_sink_dims(
-    model: Any, processor: Any, layers: list[int], scenes: int = 8, ratio: float = 10.0
+    model: Any, processor: Any, layers: list[int], scenes: int = 8, ratio: float = 3.0
 ) -> list[int]:
     """Massive-activation dimensions found from forward passes, as for a real model.
 
