@@ -23,7 +23,7 @@ CONTRASTIVE = ("vcd", "damro", "avc")
 MAX_TOKENS = 32
 #: Least share of the 16 probe answers each strategy changes at its defaults (measured
 #: on the tiny checkpoint: see test_defaults_change_a_share_of_answers).
-MIN_CHANGED = {"vcd": 0.1, "damro": 0.1, "avc": 0.1}
+MIN_CHANGED = {"vcd": 0.12, "damro": 0.3, "avc": 0.3}  # measured 2, 6, 6 of 16
 
 
 token_ids = parity.token_ids
