@@ -21,7 +21,7 @@ from decoding.testing.tiny_llava import (
 
 #: Lab rates the checkpoint must reach (greedy, held-out scenes; measured values in
 #: docs/evaluation.md).
-PRESENCE_ACCURACY = 0.55
+PRESENCE_ACCURACY = 0.85
 CAPTION_RECALL = 0.5
 CAPTION_HALLUCINATION = 0.25
 
@@ -121,7 +121,8 @@ def rates(hf) -> lab.LabRates:  # noqa: ANN001
 
 def test_the_model_looks_at_the_image(rates) -> None:  # noqa: ANN001
     # Unambiguous presence questions (present objects; absent classes that are no
-    # scene's prior partner): far above the 50 % of a model that ignores the image.
+    # scene's prior partner): far above the 50 % of a model that ignores the image
+    # (recipe 3, without the grounding loss, answered 60 %, mostly "yes").
     print(rates.as_dict())
     assert rates.presence_accuracy >= PRESENCE_ACCURACY, rates
     assert rates.caption_recall >= CAPTION_RECALL, rates

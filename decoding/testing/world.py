@@ -268,20 +268,44 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
 
 
 def training_example(
-    rng: random.Random, size: int = 112, turns: int = 1
+    rng: random.Random,
+    size: int = 112,
+    turns: int = 1,
+    presence_turns: int = 1,
+    partner_rate: float = 0.0,
 ) -> tuple[Scene, list[tuple[str, str]]]:
     """One training scene and ``turns`` (prompt, answer) pairs about it (a multi-turn
     conversation). One turn asks about a class drawn uniformly, present or absent with
     equal odds (the scene is drawn to match), so that a class's frequency alone never
-    answers a presence question; co-occurrence still does, as in COCO."""
+    answers a presence question; co-occurrence still does, as in COCO. With
+    ``presence_turns > 1`` the further presence turns ask about a missing prior partner
+    (answer "No.") with chance ``partner_rate`` where the scene lacks one, else, with
+    equal odds, about a present object or an absent class drawn uniformly; the other
+    turns are drawn from the non-presence questions."""
     target = rng.choice(CLASSES).name
     want = rng.random() < 0.5
     names = sample_names(rng)
     while (target in names) != want:
         names = sample_names(rng)
     scene = layout(names, rng, size)
-    pairs = rng.sample(questions(scene, rng), turns - 1)
-    pairs.insert(rng.randrange(turns), (presence_question(target), "Yes." if want else "No."))
+    if presence_turns <= 1:
+        pairs = rng.sample(questions(scene, rng), turns - 1)
+        pairs.insert(rng.randrange(turns), (presence_question(target), "Yes." if want else "No."))
+        return scene, pairs
+    asked = [(presence_question(target), "Yes." if want else "No.")]
+    for _ in range(presence_turns - 1):
+        bait = scene.missing_partners
+        if bait and rng.random() < partner_rate:
+            asked.append((presence_question(rng.choice(bait)), "No."))
+        elif rng.random() < 0.5:
+            asked.append((presence_question(rng.choice(scene.objects).name), "Yes."))
+        else:
+            absent = [c.name for c in CLASSES if not scene.has(c.name)]
+            asked.append((presence_question(rng.choice(absent)), "No."))
+    other = [qa for qa in questions(scene, rng) if not qa[0].startswith("Is there")]
+    pairs = rng.sample(other, turns - len(asked))
+    for qa in asked:
+        pairs.insert(rng.randrange(len(pairs) + 1), qa)
     return scene, pairs
 
 
