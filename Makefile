@@ -18,7 +18,7 @@ TARGET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 EXTRAS ?= $(TARGET),test,eval,deploy
 STAMP := $(VENV)/.installed-$(TARGET)
 
-.PHONY: venv serve test lint bench bench-flood bench-reference eval-pope eval-chair tiny-llava clean
+.PHONY: venv serve test lint bench bench-flood bench-reference eval-pope eval-chair eval-demo tiny-llava clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,11 @@ eval-pope: venv
 
 eval-chair: venv
 	$(PY) -m eval chair $(if $(URL),--url $(URL),) $(ARGS)
+
+# Every strategy on the embedded tiny checkpoint in the synthetic world (POPE + CHAIR,
+# bootstrap intervals, cost); results in build/eval-demo. ARGS="--scenes 100" for narrower intervals.
+eval-demo: venv
+	$(PY) -m eval.demo $(if $(URL),--url $(URL),) $(ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -152,3 +152,23 @@ def test_pope_job_in_process(tiny_llava_dir: Path, tmp_path: Path) -> None:
     assert res["backend"]["mode"] == "inprocess"
     assert res["strategies"]["none"]["splits"]["random"]["n"] == 2
     assert res["strategies"]["none"]["decoding"] == {"strategy": "none"}
+
+
+def test_eval_demo_on_the_served_model(served, tmp_path: Path) -> None:  # noqa: ANN001
+    """``make eval-demo``'s code path on three lab scenes and two strategies."""
+    from eval.demo import main as demo
+
+    argv = ["--url", served.url, "--scenes", "3", "--strategies", "none,vcd",
+            "--bootstrap", "50", "--out", str(tmp_path)]  # fmt: skip
+    assert demo(argv) == 0, served.log_tail()
+    res = json.loads((tmp_path / "demo.json").read_text())
+    assert set(res["pope"]) == set(res["chair"]) == {"none", "vcd"}
+    for name in ("none", "vcd"):
+        for split in ("random", "popular", "adversarial"):
+            fy = res["pope"][name][split]["false_yes"]
+            assert fy["low"] <= fy["value"] <= fy["high"]
+        assert 0 <= res["chair"][name]["chair_s"]["value"] <= 1
+    assert res["pope"]["none"]["adversarial"]["false_yes"]["delta"]["value"] == 0
+    assert res["cost"]["none"]["latency_ratio"] == 1.0
+    assert res["cost"]["vcd"]["extra_tokens_per_request"] > 0
+    assert (tmp_path / "demo.png").stat().st_size > 0

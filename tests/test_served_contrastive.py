@@ -1,5 +1,9 @@
 """VCD, DAMRO and AVC served in the engine: parity with the reference engine over HTTP,
-sampling log-probabilities, alpha = 0, cancellation, parameters and metrics."""
+sampling log-probabilities, alpha = 0, cancellation, parameters and metrics.
+
+The probe cases are held-out scenes of the synthetic world whose prior partner is absent
+(:func:`decoding.testing.parity.cases`), where the strategies change answers: parity is
+checked where it matters, and each strategy's effect there is asserted."""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ pytestmark = pytest.mark.server
 
 CONTRASTIVE = ("vcd", "damro", "avc")
 MAX_TOKENS = 32
+#: Least share of the 16 probe answers each strategy changes at its defaults (measured
+#: on the tiny checkpoint: see test_defaults_change_a_share_of_answers).
+MIN_CHANGED = {"vcd": 0.12, "damro": 0.3, "avc": 0.3}  # measured 2, 6, 6 of 16
 
 
 token_ids = parity.token_ids
@@ -37,14 +44,34 @@ def check(model_dir, results: list[tuple[parity.Case, str, list[int]]]) -> None:
     assert not bad, parity.describe(bad)
 
 
-@pytest.mark.parametrize("strategy", CONTRASTIVE)
-def test_parity_one_at_a_time(served, tiny_llava_dir, strategy: str) -> None:  # noqa: ANN001
+@pytest.fixture(scope="module")
+def alone(served) -> dict[str, list[list[int]]]:  # noqa: ANN001
+    """Served greedy answers to the probe cases, one request at a time, per strategy."""
     client = served.client()
-    results = []
-    for case in parity.cases(16):
-        r = client.chat.completions.create(**request(served, case, {"strategy": strategy}))
-        results.append((case, strategy, token_ids(r.choices[0])))
-    check(tiny_llava_dir, results)
+    return {
+        s: [
+            token_ids(
+                client.chat.completions.create(**request(served, case, {"strategy": s})).choices[0]
+            )
+            for case in parity.cases(16)
+        ]
+        for s in ("none", *CONTRASTIVE)
+    }
+
+
+@pytest.mark.parametrize("strategy", CONTRASTIVE)
+def test_parity_one_at_a_time(served, tiny_llava_dir, alone, strategy: str) -> None:  # noqa: ANN001
+    cases = parity.cases(16)
+    check(
+        tiny_llava_dir, [(c, strategy, ids) for c, ids in zip(cases, alone[strategy], strict=True)]
+    )
+
+
+@pytest.mark.parametrize("strategy", CONTRASTIVE)
+def test_defaults_change_a_share_of_answers(alone, strategy: str) -> None:  # noqa: ANN001
+    changed = [a != b for a, b in zip(alone[strategy], alone["none"], strict=True)]
+    print(f"{strategy}: {sum(changed)}/{len(changed)} greedy answers changed")
+    assert sum(changed) >= MIN_CHANGED[strategy] * len(changed), changed
 
 
 def test_parity_all_in_flight_mixed(served, tiny_llava_dir) -> None:  # noqa: ANN001

@@ -105,17 +105,33 @@ def refs(tiny_llava_dir) -> list[Any]:  # noqa: ANN001
     return [parity.reference(tiny_llava_dir, c, OPERA, MAX_TOKENS) for c in CASES]
 
 
+@pytest.fixture(scope="module")
+def plain(tiny_llava_dir) -> list[Any]:  # noqa: ANN001
+    """The reference engine's greedy answers."""
+    return [parity.reference(tiny_llava_dir, c, None, MAX_TOKENS) for c in CASES]
+
+
+#: Least share of the probe answers (held-out scenes lacking their prior partner) that
+#: OPERA changes at its defaults, measured on the tiny checkpoint.
+MIN_CHANGED = 0.1
+
+
+def test_defaults_change_a_share_of_answers(refs, plain) -> None:  # noqa: ANN001
+    changed = [list(r.token_ids) != list(p.token_ids) for r, p in zip(refs, plain, strict=True)]
+    print(f"opera: {sum(changed)}/{len(changed)} answers changed")
+    assert sum(changed) >= MIN_CHANGED * len(changed), changed
+
+
 def test_opera_parity_one_at_a_time(served, refs) -> None:  # noqa: ANN001
     answers = [ask(served, c, OPERA) for c in CASES]
     check_parity(CASES, answers, refs, "one at a time")
     assert any(s > 0 for a in answers for s in a.scores), "no image bonus in any step score"
 
 
-def test_opera_parity_with_mixed_requests_in_flight(served, refs, tiny_llava_dir) -> None:  # noqa: ANN001
+def test_opera_parity_with_mixed_requests_in_flight(served, refs, plain) -> None:  # noqa: ANN001
     jobs = [(c, OPERA) for c in CASES] + [(c, NONE) for c in CASES]
     answers = ask_together(served, jobs)
     check_parity(CASES, answers[: len(CASES)], refs, "with 16 none requests in flight")
-    plain = [parity.reference(tiny_llava_dir, c, None, MAX_TOKENS) for c in CASES]
     verdicts = [
         parity.compare(c, a.token_ids, r)
         for c, a, r in zip(CASES, answers[len(CASES) :], plain, strict=True)

@@ -1,4 +1,6 @@
-"""The tiny LLaVA-1.5 test checkpoint: structure, determinism, and non-vacuous outputs."""
+"""The tiny LLaVA-1.5 test checkpoint: structure, determinism, non-vacuous outputs, and
+the lab behaviour it is trained for: it grounds what it sees and hallucinates an absent
+prior partner on held-out scenes of the synthetic world."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from decoding.testing import synthetic
+from decoding.testing import lab, synthetic
 from decoding.testing.tiny_llava import (
     TINY_SINK_DIMS,
     TinyLlavaSpec,
@@ -17,10 +19,16 @@ from decoding.testing.tiny_llava import (
     file_hashes,
 )
 
+#: Lab rates the checkpoint must reach (greedy, held-out scenes; measured values in
+#: docs/evaluation.md).
+PRESENCE_ACCURACY = 0.85
+CAPTION_RECALL = 0.5
+CAPTION_HALLUCINATION = 0.25
+
 PROMPTS = [
     "Describe the image.",
-    "What is the background colour?",
-    "Is there a red circle in the image?",
+    "What colour is the background?",
+    "Is there a dog in the image?",
 ]
 
 
@@ -103,3 +111,33 @@ def test_planted_sinks_show_massive_activations(hf) -> None:  # noqa: ANN001
     # Visual sinks depend on the image: present on some, a minority overall.
     assert sum(counts) > 0 and min(counts) < 64 // 4, counts
     assert sum(counts) < 6 * 64 // 2, counts
+
+
+@pytest.fixture(scope="module")
+def rates(hf) -> lab.LabRates:  # noqa: ANN001
+    model, processor = hf
+    return lab.measure(model, processor, scenes=40, conflicts=40)
+
+
+def test_the_model_looks_at_the_image(rates) -> None:  # noqa: ANN001
+    # Unambiguous presence questions (present objects; absent classes that are no
+    # scene's prior partner): far above the 50 % of a model that ignores the image
+    # (recipe 3, without the grounding loss, answered 60 %, mostly "yes").
+    print(rates.as_dict())
+    assert rates.presence_accuracy >= PRESENCE_ACCURACY, rates
+    assert rates.caption_recall >= CAPTION_RECALL, rates
+
+
+def test_the_model_hallucinates_an_absent_partner(rates) -> None:  # noqa: ANN001
+    # Held-out scenes whose prior partner is absent: greedy captions name it often.
+    assert rates.caption_hallucination >= CAPTION_HALLUCINATION, rates
+
+
+def test_var_sink_dims_derive_from_forward_passes(hf) -> None:  # noqa: ANN001
+    # VAR's D_sink for a real model comes from its activations; the same procedure on the
+    # tiny checkpoint finds exactly the planted dimensions (the profile's values).
+    from decoding.profiles import load_profile
+
+    model, processor = hf
+    layers = load_profile("tiny-llava").var_layer_set()
+    assert lab.derive_sink_dims(model, processor, layers) == list(TINY_SINK_DIMS)

@@ -15,34 +15,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from decoding.testing import synthetic
+from decoding.testing import synthetic, world
 
 #: A first divergence with a reference top-two margin below this (nats) is a numerical tie.
 TIE_TOLERANCE = 1e-3
 #: Ties must stay under this fraction of the cases.
 MAX_TIE_RATE = 0.1
 
+#: Prompts of the probe cases; ``{partner}`` is the scene's absent prior partner.
 PROMPTS = (
     "Describe the image.",
-    "What is in the picture?",
+    "Is there a {partner} in the image?",
     "Describe the image in detail.",
-    "What colour is the background?",
+    "What is in the picture?",
 )
 
 
 @dataclass(frozen=True)
 class Case:
+    """Held-out scene ``seed`` of the synthetic world and a prompt."""
+
     seed: int
     prompt: str
-    #: Images in the request (the first is ``image``; the others use later seeds).
+    #: Images in the request: held-out scenes ``seed``, ``seed + 1000``, ``seed + 2000``, ...
     images: int = 1
 
     @property
     def image(self) -> Any:
-        """The request's image, or its list of images when it has several."""
+        """The request's held-out scene, or its list of scenes when it has several."""
         if self.images == 1:
-            return synthetic.sample(self.seed)[0]
-        return [synthetic.sample(self.seed + 1000 * i)[0] for i in range(self.images)]
+            return synthetic.heldout(self.seed)[0]
+        return [synthetic.heldout(self.seed + 1000 * i)[0] for i in range(self.images)]
 
     def messages(self) -> list[dict]:
         if self.images == 1:
@@ -81,8 +84,18 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def cases(n: int = 16, first_seed: int = 300) -> list[Case]:
-    """``n`` distinct (image, prompt) pairs."""
-    return [Case(first_seed + i, PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+    """``n`` probe cases where strategies matter: held-out scenes from ``first_seed`` on
+    whose prior partner is absent (the model's hallucination bait), with captions and
+    presence questions about that partner."""
+    out: list[Case] = []
+    index = first_seed
+    while len(out) < n:
+        scene = world.heldout_scene(index)
+        if scene.missing_partners:
+            prompt = PROMPTS[len(out) % len(PROMPTS)]
+            out.append(Case(index, prompt.format(partner=scene.missing_partners[0])))
+        index += 1
+    return out
 
 
 @functools.lru_cache(maxsize=2)

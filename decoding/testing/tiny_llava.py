@@ -6,17 +6,25 @@ two-layer GELU projector, a Llama text model), a locally trained byte-level BPE
 tokenizer with ``<image>`` and the llava-1.5 chat template, and a ``LlavaProcessor``.
 ``transformers`` and vLLM load it like any checkpoint.
 
-Weights are seeded; the text model and projector are then trained briefly on synthetic
-coloured-shape scenes (:mod:`decoding.testing.synthetic`) so that greedy answers depend
-on both the image and the prompt. The vision tower stays at its seeded initialisation
-(random CLIP features still encode colour and position), which keeps training short.
+Weights are seeded; the whole model, vision tower included, is then trained on the
+synthetic world of :mod:`decoding.testing.world` (objects with strong co-occurrence and
+frequency priors), so that it grounds what it sees and also hallucinates a frequent
+partner that is absent: the phenomenon the decoding strategies target. Training runs in
+three phases: first the tower and projector learn a patch loss alone (each image token
+names what it shows, as LLaVA's alignment stage makes image tokens word-like); then
+everything learns on multi-turn conversations, with an attention loss that teaches one
+head of the first text layer to match a question's object word to the patches showing
+it (without it presence answers stay at chance); then the vision tower is frozen, the
+visual sink unit is calibrated on the trained tower's features, and the text model and
+projector learn around the planted sinks.
 
 Planted attention sinks: "massive activation" dimensions ``sink_dims`` of the residual
 stream, as VAR (Kang et al., ICLR 2025) finds them in LLaMA-2 (dims 1415/2533 of 7B).
 The BOS embedding carries a large constant in those dimensions (a text sink), and one
 projector unit, tuned to fire on a few percent of patches, writes a large value into
 ``sink_dims[0]`` (visual sinks that depend on the image). Those entries are frozen during
-training so the model learns around them. With hidden size ``H`` the VAR score
+training so the model learns around them (the BOS entries from the start, the unit from
+the second phase on). With hidden size ``H`` the VAR score
 ``max |x_d| / RMS(x)`` is bounded by ``sqrt(H)``, so the tiny model's profile uses a
 smaller sink threshold than the paper's 20 (see ``decoding/profiles``).
 
@@ -46,19 +54,20 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from decoding.testing import synthetic
+from decoding.testing import training, world
 from decoding.testing.tokenizer import build_tokenizer
 
 #: Residual-stream dimensions that carry the planted massive activations.
 TINY_SINK_DIMS = (17, 93)
 #: Bumped whenever the build recipe changes, so cached builds are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 4
 
 
 @dataclass(frozen=True)
 class TinyLlavaSpec:
-    """Knobs of the tiny checkpoint. Defaults give ~64 image tokens and build in ~1 min."""
+    """Knobs of the tiny checkpoint. Defaults give 64 image tokens and build in ~3 min."""
 
     seed: int = 0
     image_size: int = 112  # 112/14 = 8x8 = 64 image tokens (336 gives LLaVA's 576)
@@ -74,6 +83,20 @@ class TinyLlavaSpec:
     train_steps: int = 300
     batch_size: int = 16
     learning_rate: float = 3e-3
+    sink_phase: float = 0.6  # share of the steps after which the tower freezes, sinks plant
+    turns: int = 4  # question/answer turns per training image
+    presence_turns: int = 2  # of them yes/no presence questions (one balanced per class)
+    partner_question_rate: float = 0.0  # extra presence turns asking a missing partner
+    presence_weight: float = 3.0  # loss weight of the presence answers' tokens
+    patch_loss_weight: float = 1.0  # auxiliary loss: each patch token names what it shows
+    # Stage one (as LLaVA's alignment stage): tower and projector learn the patch loss
+    # alone, for pretrain_share * train_steps steps of 2 * batch_size images.
+    pretrain_share: float = 1.0
+    # Auxiliary attention loss: in the first text layer's head 0, the object word of a
+    # presence or position question attends to the patches showing that object (to BOS
+    # when it is absent).
+    grounding_weight: float = 1.0
+    match_head_gain: float = 8.0  # start of a content-matching head (0: plain init)
     sink_dims: tuple[int, ...] = TINY_SINK_DIMS
     sink_value: float = 6.0  # BOS value in each sink dim (embeddings are ~0.02-0.3)
     visual_sink_fraction: float = 0.04  # share of patches the sink unit fires on
@@ -143,46 +166,154 @@ def _processor(spec: TinyLlavaSpec, tokenizer) -> LlavaProcessor:  # noqa: ANN00
 
 def _examples(spec: TinyLlavaSpec, step: int) -> list[tuple]:
     rng = random.Random(spec.seed * 1_000_003 + step)
-    out = []
-    for _ in range(spec.batch_size):
-        scene = synthetic.random_scene(rng)
-        img = synthetic.draw_scene(scene, spec.image_size, rng)
-        q, a = rng.choice(synthetic.questions(scene, rng))
-        out.append((img, q, a))
-    return out
+    return [
+        world.training_example(
+            rng, spec.image_size, spec.turns, spec.presence_turns, spec.partner_question_rate
+        )
+        for _ in range(spec.batch_size)
+    ]
 
 
-def _batch(processor: LlavaProcessor, examples: list[tuple]) -> dict[str, torch.Tensor]:
+def _word_ids(tok):  # noqa: ANN001, ANN202
+    words: dict[str, int] = {}
+
+    def word(w: str) -> int:
+        if w not in words:
+            words[w] = tok(" " + w, add_special_tokens=False)["input_ids"][0]
+        return words[w]
+
+    return word
+
+
+def _batch(
+    processor: LlavaProcessor, examples: list[tuple], grid: int, spec: TinyLlavaSpec
+) -> dict:
+    """Conversations in the llava-1.5 template: ``USER: <image>\nq1 ASSISTANT: a1</s>USER:
+    q2 ASSISTANT: a2</s>...``; only the answers (and their ``</s>``) are labels, those of
+    presence questions weighted ``presence_weight``. ``grounding`` lists, per presence or
+    position question, (row, position of its object word, positions it should attend)."""
     tok = processor.tokenizer
-    ids, labels = [], []
+    word = _word_ids(tok)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids, labels, weights, patches, grounding = [], [], [], [], []
     pixels = []
-    for img, q, a in examples:
+    for row, (scene, turns) in enumerate(examples):
+        first = turns[0][0]
         prompt = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": first}]}],
             add_generation_prompt=True,
         )
         # The chat template writes BOS itself (as vLLM's chat endpoint expects).
-        enc = processor(images=img, text=prompt, return_tensors="pt", add_special_tokens=False)
-        p_ids = enc["input_ids"][0].tolist()
-        a_ids = tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids.append(p_ids + a_ids)
-        labels.append([-100] * len(p_ids) + a_ids)
+        enc = processor(
+            images=scene.draw(), text=prompt, return_tensors="pt", add_special_tokens=False
+        )
+        seq = enc["input_ids"][0].tolist()
+        lab = [-100] * len(seq)
+        wts = [0.0] * len(seq)
+        image_pos = [j for j, t in enumerate(seq) if t == image_id]
+        cells = scene.patch_labels(grid)
+        for i, (q, a) in enumerate(turns):
+            start = len(seq) if i else image_pos[-1] + 1
+            if i:
+                user = tok(f"USER: {q} ASSISTANT:", add_special_tokens=False)["input_ids"]
+                seq += user
+                lab += [-100] * len(user)
+                wts += [0.0] * len(user)
+            presence = q.startswith("Is there a ")
+            if presence or q.startswith("Where is the "):
+                name = q.split()[3].rstrip("?")
+                at = [j for j in range(start, len(seq)) if seq[j] == word(name)]
+                shows = [image_pos[k] for k, c in enumerate(cells) if c == name]
+                if at and (shows or not scene.has(name)):
+                    grounding.append((row, at[0], shows or [0]))  # absent: BOS, the sink
+            answer = tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            seq += answer
+            lab += answer
+            wts += [spec.presence_weight if presence else 1.0] * len(answer)
+        ids.append(seq)
+        labels.append(lab)
+        weights.append(wts)
         pixels.append(enc["pixel_values"])
+        patches.append([word(w) for w in cells])
     width = max(len(x) for x in ids)
     pad = tok.pad_token_id
     input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
     label_t = torch.full((len(ids), width), -100, dtype=torch.long)
+    weight_t = torch.zeros((len(ids), width))
     mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
+    for i, (x, y, w) in enumerate(zip(ids, labels, weights, strict=True)):
         input_ids[i, : len(x)] = torch.tensor(x)
         label_t[i, : len(y)] = torch.tensor(y)
+        weight_t[i, : len(w)] = torch.tensor(w)
         mask[i, : len(x)] = 1
     return {
         "input_ids": input_ids,
         "attention_mask": mask,
         "labels": label_t,
+        "weights": weight_t,
         "pixel_values": torch.cat(pixels),
+        "patch_labels": torch.tensor(patches),
+        "grounding": grounding,
     }
+
+
+def _loss(model, batch: dict, spec: TinyLlavaSpec) -> torch.Tensor:  # noqa: ANN001
+    """Weighted answer loss plus two auxiliary terms: the patch loss (each projected patch
+    token, read against the input embeddings, names its object or the background, as
+    LLaVA's stage-one alignment makes image tokens word-like) and the grounding loss (the
+    first text layer's head 0 matches a question's object word to the patches that show
+    it). Without the grounding term the text model learns to caption in a few hundred
+    steps but not to match a question's object against the image: it answers presence
+    questions at chance, since a content-matching head mostly attends to the question
+    word itself."""
+    targets = batch.pop("patch_labels")
+    labels = batch.pop("labels")
+    weights = batch.pop("weights")
+    grounding = batch.pop("grounding")
+    out = model(**batch, output_hidden_states=bool(spec.grounding_weight and grounding))
+    logits = out.logits[:, :-1].float()
+    labels, weights = labels[:, 1:], weights[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none"
+    )
+    loss = (ce * weights.flatten()).sum() / (labels != -100).sum().clamp(min=1)
+    if spec.grounding_weight and grounding:
+        loss = loss + spec.grounding_weight * _grounding_loss(
+            model, out.hidden_states[0], grounding, spec
+        )
+    if spec.patch_loss_weight:
+        aux = _patch_loss(model, batch["pixel_values"], targets, spec)
+        loss = loss + spec.patch_loss_weight * aux
+    return loss
+
+
+def _patch_loss(model, pixels, targets, spec: TinyLlavaSpec) -> torch.Tensor:  # noqa: ANN001
+    feats = model.model.multi_modal_projector(_feature_layer_patches(model, pixels))
+    keep = torch.ones(feats.shape[-1])
+    keep[list(spec.sink_dims)] = 0  # the planted sink dims are no word evidence
+    emb = model.model.language_model.embed_tokens.weight
+    logits = (feats * keep) @ emb.T
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def _grounding_loss(model, hidden, grounding: list, spec: TinyLlavaSpec) -> torch.Tensor:  # noqa: ANN001
+    """Cross-entropy of head 0's attention (first text layer, recomputed from its input
+    ``hidden``) from each question's object word against the positions it should attend."""
+    lm = model.model.language_model
+    layer = lm.layers[0]
+    x = layer.input_layernorm(hidden)
+    batch, length, _ = x.shape
+    head = spec.text_hidden // spec.text_heads
+    cos, sin = lm.rotary_emb(x, torch.arange(length).unsqueeze(0).expand(batch, length))
+    q = torch.nn.functional.linear(x, layer.self_attn.q_proj.weight[:head]).unsqueeze(1)
+    k = torch.nn.functional.linear(x, layer.self_attn.k_proj.weight[:head]).unsqueeze(1)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q, k = q[:, 0], k[:, 0]
+    total = hidden.new_zeros(())
+    for row, at, shows in grounding:
+        scores = (k[row, : at + 1] @ q[row, at]) / head**0.5
+        total = total - torch.log_softmax(scores, -1)[shows].mean()
+    return total / len(grounding)
 
 
 def _feature_layer_patches(model: LlavaForConditionalGeneration, pixels: torch.Tensor):
@@ -190,59 +321,115 @@ def _feature_layer_patches(model: LlavaForConditionalGeneration, pixels: torch.T
     return out.hidden_states[-2][:, 1:]  # drop CLS as the "default" strategy does
 
 
-def _plant_sinks(model, processor, spec: TinyLlavaSpec) -> list:  # noqa: ANN001
-    """Write the massive-activation entries and return gradient masks that freeze them."""
+UNIT = 0  # the projector hidden unit dedicated to visual sinks
+
+
+def _plant_text_sink(model, processor, spec: TinyLlavaSpec) -> list[training.Mask]:  # noqa: ANN001
+    """BOS carries the massive activation; the sink unit is reserved (silent) until the
+    second phase. Returns the gradient masks that keep both fixed."""
     bos = processor.tokenizer.bos_token_id
-    dims = list(spec.sink_dims)
     emb = model.model.language_model.embed_tokens.weight
     proj = model.model.multi_modal_projector
-    unit = 0  # the projector hidden unit dedicated to visual sinks
     with torch.no_grad():
-        emb[bos, dims] = spec.sink_value
-        # Calibrate the unit on seeded scenes so it fires on ~visual_sink_fraction of patches.
-        rng = random.Random(spec.seed + 7)
-        imgs = [
-            synthetic.draw_scene(synthetic.random_scene(rng), spec.image_size, rng)
-            for _ in range(32)
-        ]
-        pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
+        emb[bos, list(spec.sink_dims)] = spec.sink_value
+        proj.linear_2.weight[:, UNIT] = 0.0
+    m_emb = torch.ones_like(emb)
+    m_emb[bos, list(spec.sink_dims)] = 0
+    masks = [(emb, m_emb)]
+    for p in (proj.linear_1.weight, proj.linear_1.bias):
+        m = torch.ones_like(p)
+        m[UNIT] = 0
+        masks.append((p, m))
+    m2 = torch.ones_like(proj.linear_2.weight)
+    m2[:, UNIT] = 0
+    masks.append((proj.linear_2.weight, m2))
+    return masks
+
+
+def _plant_visual_sinks(model, processor, spec: TinyLlavaSpec) -> None:  # noqa: ANN001
+    """Freeze the (trained) tower and tune the sink unit on its features so that it fires
+    on ~``visual_sink_fraction`` of the patches of seeded scenes."""
+    training.freeze(model.model.vision_tower)
+    proj = model.model.multi_modal_projector
+    rng = random.Random(spec.seed + 7)
+    imgs = [world.train_scene(rng, spec.image_size).draw() for _ in range(32)]
+    pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
         feats = _feature_layer_patches(model, pixels).reshape(-1, spec.vision_hidden)
         gen = torch.Generator().manual_seed(spec.seed + 11)
         direction = torch.randn(spec.vision_hidden, generator=gen)
         direction /= direction.norm()
         score = feats @ direction
         cut = torch.quantile(score, 1.0 - spec.visual_sink_fraction)
-        scale = 1.0 / (score.std() + 1e-6)
-        proj.linear_1.weight[unit] = direction * scale
-        proj.linear_1.bias[unit] = -cut * scale
-        proj.linear_2.weight[:, unit] = 0.0
-        proj.linear_2.weight[dims[0], unit] = spec.visual_sink_gain
-    masks = []
-    m_emb = torch.ones_like(emb)
-    m_emb[bos, dims] = 0
-    masks.append((emb, m_emb))
-    for p, idx in ((proj.linear_1.weight, (unit,)), (proj.linear_1.bias, (unit,))):
-        m = torch.ones_like(p)
-        m[idx] = 0
-        masks.append((p, m))
-    m2 = torch.ones_like(proj.linear_2.weight)
-    m2[:, unit] = 0
-    masks.append((proj.linear_2.weight, m2))
-    return masks
+        # Trained features cluster (background patches are alike), so scale by the spread
+        # of the firing patches: the top quarter of them reaches a pre-activation of 3.
+        upper = torch.quantile(score, 1.0 - spec.visual_sink_fraction / 4)
+        scale = 3.0 / (upper - cut + 1e-6)
+        proj.linear_1.weight[UNIT] = direction * scale
+        proj.linear_1.bias[UNIT] = -cut * scale
+        proj.linear_2.weight[spec.sink_dims[0], UNIT] = spec.visual_sink_gain
+
+
+def _init_match_head(model, spec: TinyLlavaSpec) -> None:  # noqa: ANN001
+    """Start head 0 of the first text layer as a content-matching head: query and key
+    read the same seeded projection of the input, in the slowest RoPE frequencies (so
+    the score barely depends on distance). A word of the question then attends to the
+    image tokens that show it (the patch loss makes them look like that word). Small
+    models rarely find this circuit in a few hundred steps from a random start; it stays
+    trainable like every other weight."""
+    if not spec.match_head_gain:
+        return
+    attn = model.model.language_model.layers[0].self_attn
+    head = spec.text_hidden // spec.text_heads
+    half = head // 2
+    rows = [*range(half - 4, half), *range(head - 4, head)]  # lowest-frequency pairs
+    gen = torch.Generator().manual_seed(spec.seed + 13)
+    proj = torch.linalg.qr(torch.randn(spec.text_hidden, len(rows), generator=gen))[0].T
+    with torch.no_grad():
+        attn.q_proj.weight[rows] = spec.match_head_gain * proj
+        attn.k_proj.weight[rows] = proj
+
+
+def _pretrain(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001
+    """Stage one: tower and projector learn the patch loss alone (no text forward)."""
+    steps = int(spec.train_steps * spec.pretrain_share)
+    if not steps or not spec.patch_loss_weight:
+        return
+    grid = spec.image_size // spec.patch_size
+    word = _word_ids(processor.tokenizer)
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(spec.seed * 7_000_003 + step)
+        scenes = [world.train_scene(rng, spec.image_size) for _ in range(2 * spec.batch_size)]
+        pixels = processor.image_processor([s.draw() for s in scenes], return_tensors="pt")
+        cells = [[word(c) for c in s.patch_labels(grid)] for s in scenes]
+        return {"pixel_values": pixels["pixel_values"], "patch_labels": torch.tensor(cells)}
+
+    training.train(
+        model,
+        batch,
+        training.Schedule(steps, spec.learning_rate),
+        masks,
+        log=log,
+        loss_fn=lambda m, b: _patch_loss(m, b["pixel_values"], b["patch_labels"], spec),
+    )
 
 
 def _train(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001
-    """The text model and projector train; the vision tower stays at its seeded init."""
-    from decoding.testing.tiny_train import train
+    def phase_two() -> list[training.Mask]:
+        _plant_visual_sinks(model, processor, spec)
+        return []
 
-    train(
+    _pretrain(model, processor, spec, masks, log)
+    grid = spec.image_size // spec.patch_size
+    training.train(
         model,
-        lambda step: _batch(processor, _examples(spec, step)),
-        lambda name: not name.startswith("model.vision_tower."),
+        lambda step: _batch(processor, _examples(spec, step), grid, spec),
+        training.Schedule(spec.train_steps, spec.learning_rate),
         masks,
-        spec.train_steps,
-        spec.learning_rate,
-        log,
+        phases={int(spec.train_steps * spec.sink_phase): phase_two},
+        log=log,
+        loss_fn=lambda m, b: _loss(m, b, spec),
     )
 
 
@@ -281,7 +468,8 @@ def build_tiny_llava(
         torch.manual_seed(spec.seed)
         model = LlavaForConditionalGeneration(cfg).float()
         processor = _processor(spec, tokenizer)
-        masks = _plant_sinks(model, processor, spec)
+        masks = _plant_text_sink(model, processor, spec)
+        _init_match_head(model, spec)
         _train(model, processor, spec, masks, log)
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

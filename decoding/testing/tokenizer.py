@@ -8,7 +8,7 @@ import random
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from decoding.testing import synthetic
+from decoding.testing import world
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -44,8 +44,8 @@ def _corpus(seed: int, n_scenes: int = 3000) -> list[str]:
         "Please describe this image in detail. What is in the picture? yes no Yes No",
     ]
     for _ in range(n_scenes):
-        scene = synthetic.random_scene(rng)
-        for q, a in synthetic.questions(scene, rng):
+        scene = world.train_scene(rng)
+        for q, a in world.questions(scene, rng):
             lines.append(f"USER: {q} ASSISTANT: {a}")
     return lines
 

@@ -45,7 +45,11 @@ class GroundTruthError(ValueError):
 def load_image_set(spec: str) -> list[int]:
     """Image ids of a named set, ``pope-coco`` (the 500 POPE COCO images, as DAMRO), or a
     file with one id (or COCO file name) per line."""
-    if spec == "pope-coco":
+    from eval import lab
+
+    if lab.is_lab(spec):  # the synthetic world's held-out scenes
+        spec = str(lab.image_set_file(spec))
+    elif spec == "pope-coco":
         from eval.pope.data import load_question_set
 
         ids = [coco_id(q.image) for q in load_question_set("coco-current")["random"].questions]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eval import lab
 from eval.chair.gt import (
     GroundTruth,
     gt_file_variants,
@@ -40,7 +41,10 @@ def resolve_ground_truth(
         info = {"source": str(spec["coco_annotations"]), "variant": parser.variant}
         return gt, {**info, "built_from": "coco"}
     file = spec.get("file") or "reference"
-    path = REFERENCE_GT if file == "reference" else Path(file)
+    if lab.is_lab(file):  # the synthetic world's scenes, as many as the image set holds
+        path = lab.ground_truth_file(f"lab:{max(image_ids, default=0) + 1}")
+    else:
+        path = REFERENCE_GT if file == "reference" else Path(file)
     variant = spec.get("variant") or "lemmatize_opera"
     gt = load_gt_file(path, variant=variant)
     missing = [i for i in image_ids if i not in gt]
@@ -87,7 +91,7 @@ async def run_chair(
     gt, gt_info = resolve_ground_truth(settings["ground_truth"], image_ids, parser, out_dir)
     if not settings.get("images"):
         raise JobError("set the image folder (--images, COCO val2014)")
-    images = Path(settings["images"])
+    images = Path(lab.resolve_images(settings["images"]))
     paths = {i: images / settings["image_template"].format(image_id=i) for i in image_ids}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eval import lab
 from eval.jobs.common import BackendFactory, results_header, run_job, run_summary
 from eval.jobs.report import pope_plot, pope_table, write_json
 from eval.jobs.runner import JobError, WorkItem
@@ -19,7 +20,7 @@ def build_items(
     """Work items, and the keys of each ``strategy/split`` in question order."""
     if not settings.get("images"):
         raise JobError("set the image folder (--images, COCO val2014 for the COCO sets)")
-    images = Path(settings["images"])
+    images = Path(lab.resolve_images(settings["images"]))
     limit = settings.get("limit")
     items: list[WorkItem] = []
     order: dict[str, list[str]] = {}

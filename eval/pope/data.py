@@ -175,6 +175,10 @@ def load_question_file(
     if known is not None and known.split != split:
         raise QuestionFileError(f"{path}: this is the {known.split!r} split, not {split!r}")
     version = f"{known.dataset} {known.split} @ {known.version}" if known else "unrecognised"
+    if known is None and Path(path).name.startswith("lab_pope_"):
+        from decoding.testing.world import WORLD_VERSION
+
+        version = f"synthetic world v{WORLD_VERSION} (eval/lab.py)"
     return QuestionFile(split, str(path), digest, version, _parse_questions(data, str(path)))
 
 
@@ -197,7 +201,15 @@ def load_question_set(name: str) -> dict[str, QuestionFile]:
 def load_questions(
     spec: str | dict[str, str], *, allow_unknown: bool = False
 ) -> dict[str, QuestionFile]:
-    """A named set, or a mapping ``split -> path`` of user files."""
+    """A named set, the synthetic world's ``lab`` / ``lab:N`` (:mod:`eval.lab`), or a
+    mapping ``split -> path`` of user files."""
+    from eval import lab
+
+    if lab.is_lab(spec):
+        return {
+            split: load_question_file(path, split=split, allow_unknown=True)
+            for split, path in lab.question_files(str(spec)).items()
+        }
     if isinstance(spec, str):
         return load_question_set(spec)
     return {
