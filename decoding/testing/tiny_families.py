@@ -21,7 +21,7 @@ from typing import Any
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from decoding.testing import synthetic
+from decoding.testing import shapes
 
 #: Bumped whenever a recipe (here, in tiny_models or tiny_train) changes the files it
 #: writes, so cached builds are not reused.
@@ -105,8 +105,8 @@ def _corpus(seed: int, n_scenes: int = 3000) -> list[str]:
         "What is in the picture? yes no Yes No",
     ]
     for _ in range(n_scenes):
-        scene = synthetic.random_scene(rng)
-        for q, a in synthetic.questions(scene, rng):
+        scene = shapes.random_scene(rng)
+        for q, a in shapes.questions(scene, rng):
             lines.append(f"user\n{q}\nassistant\n{a}\n")
     return lines
 

@@ -97,7 +97,7 @@ _PROJECTOR = _merger("model.multi_modal_projector.linear_1", "model.multi_modal_
 RECIPES: dict[str, Recipe] = {
     "llava-next": Recipe(
         model_cls=tf.LlavaNextForConditionalGeneration,
-        tokenizer=lambda spec: build_tokenizer(spec.seed, spec.tokenizer_vocab),
+        tokenizer=lambda spec: build_tokenizer(spec.seed, spec.tokenizer_vocab, "shapes"),
         config=fam.next_config,
         processor=fam.next_processor,
         sink_layers=_PROJECTOR,

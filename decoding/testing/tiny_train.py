@@ -1,6 +1,7 @@
 """Family-agnostic pieces of the tiny VLM test checkpoints: batches of synthetic scenes
 rendered through the checkpoint's own processor and chat template, the planted attention
-sinks, a short AdamW run, and a deterministic save.
+sinks, a short AdamW run (the shared loop of :mod:`decoding.testing.training`), and a
+deterministic save.
 
 Everything goes through ``processor.apply_chat_template`` and ``processor(...)``, so a
 checkpoint is trained on exactly the prompts that ``transformers`` and vLLM's chat
@@ -10,7 +11,6 @@ endpoint render from it. Labels cover the answer tokens and EOS only.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from decoding.testing import synthetic
+from decoding.testing import shapes, training
 
 Example = tuple[Image.Image, list[tuple[str, str]]]  # image, (prompt, answer) turns
 #: Per-token tensors of a processor output, padded (with this value) when batching.
@@ -71,13 +71,14 @@ def encode(processor, img: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
 
 
 def examples(seed: int, step: int, n: int, size: int, turns: int) -> list[Example]:
-    """``n`` seeded scenes, each with ``turns`` distinct questions about it."""
+    """``n`` seeded shape scenes (:mod:`decoding.testing.shapes`), each with ``turns``
+    distinct questions about it."""
     rng = random.Random(seed * 1_000_003 + step)
     out = []
     for _ in range(n):
-        scene = synthetic.random_scene(rng)
-        img = synthetic.draw_scene(scene, size, rng)
-        out.append((img, rng.sample(synthetic.questions(scene, rng), turns)))
+        scene = shapes.random_scene(rng)
+        img = shapes.draw_scene(scene, size, rng)
+        out.append((img, rng.sample(shapes.questions(scene, rng), turns)))
     return out
 
 
@@ -249,27 +250,11 @@ def train(
     lr: float,
     log: bool = False,
 ) -> None:
-    """AdamW with warm-up and linear decay on the parameters ``trainable`` names."""
+    """AdamW with warm-up and linear decay (:func:`decoding.testing.training.train`, the
+    one training loop of the test checkpoints) on the parameters ``trainable`` names."""
     for name, p in model.named_parameters():
         p.requires_grad_(trainable(name))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, steps))
-    )
-    model.train()
-    for step in range(steps):
-        loss = model(**make_batch(step)).loss
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        for p, m in masks:
-            p.grad.mul_(m)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if log and (step % 50 == 0 or step == steps - 1):
-            print(f"step {step:4d}  loss {loss.item():.3f}", file=sys.stderr, flush=True)
-    model.eval()
+    training.train(model, make_batch, training.Schedule(steps, lr), masks, log=log)
     for p in model.parameters():
         p.requires_grad_(True)
 
