@@ -112,8 +112,8 @@ def plain(tiny_llava_dir) -> list[Any]:  # noqa: ANN001
 
 
 #: Least share of the probe answers (held-out scenes lacking their prior partner) that
-#: OPERA changes at its defaults, measured on the tiny checkpoint.
-MIN_CHANGED = 0.1
+#: OPERA changes at its defaults: measured 2 of 16 on the recipe-4 tiny checkpoint.
+MIN_CHANGED = 0.06  # at least 1 of 16
 
 
 def test_defaults_change_a_share_of_answers(refs, plain) -> None:  # noqa: ANN001

@@ -119,8 +119,8 @@ def plain(served) -> list[Answer]:  # noqa: ANN001
 
 @pytest.mark.xfail(
     strict=True,
-    reason="lab checkpoint: the planted sink unit fires on about a third of held-out scenes, "
-    "so VAR edits no rows on most probes (docs/evaluation.md)",
+    reason="recipe-4 lab checkpoint: VAR edits rows on 4 of the 16 probes only (the planted "
+    "sink unit fires on few held-out scenes) and changes 0 of 16 answers (measured)",
 )
 def test_reference_var_has_an_effect(refs, plain) -> None:  # noqa: ANN001
     # Precondition of the parity tests: VAR edits rows and moves log-probabilities and
@@ -132,15 +132,15 @@ def test_reference_var_has_an_effect(refs, plain) -> None:  # noqa: ANN001
     assert sum(m > 10 * LOGPROB_TOL for m in moved) >= 3 * len(CASES) // 4, moved
 
 
-#: Least share of the probe answers VAR changes at its defaults (measured on the tiny
-#: checkpoint).
+#: Least share of the probe answers VAR should change at its defaults, as on a real model;
+#: the recipe-4 tiny checkpoint changes 0 of 16 (measured), hence the xfail below.
 MIN_CHANGED = 0.1
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="lab checkpoint: the planted sink unit fires on about a third of held-out scenes, "
-    "so VAR edits no rows on most probes (docs/evaluation.md)",
+    reason="recipe-4 lab checkpoint: VAR edits rows on 4 of the 16 probes only (the planted "
+    "sink unit fires on few held-out scenes) and changes 0 of 16 answers (measured)",
 )
 def test_defaults_change_a_share_of_answers(refs, plain) -> None:  # noqa: ANN001
     changed = [list(r.token_ids) != p.token_ids for r, p in zip(refs, plain, strict=True)]
@@ -190,8 +190,8 @@ def _stale_reference(monkeypatch, model_dir, case, sinks: dict[int, list[int]]):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="lab checkpoint: the planted sink unit fires on about a third of held-out scenes, "
-    "so VAR edits no rows on most probes (docs/evaluation.md)",
+    reason="recipe-4 lab checkpoint: VAR edits rows on 4 of the 16 probes only (the planted "
+    "sink unit fires on few held-out scenes) and changes 0 of 16 answers (measured)",
 )
 def test_each_image_gets_its_own_sinks(served, refs, tiny_llava_dir, monkeypatch) -> None:  # noqa: ANN001
     # Two images with the same prompt, back to back through the same batch slot.
