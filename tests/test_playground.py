@@ -16,8 +16,9 @@ pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMPT = "Describe the image."
-#: An image on which vcd (alpha 3) answers differently from plain decoding.
-SEED = 1003
+#: An image on which vcd (alpha 3) answers differently from plain decoding (measured on
+#: the lab checkpoint: seeds 1001, 1007, 1013 of 1000-1013 differ).
+SEED = 1001
 
 
 def is_subsequence(words: list[str], of: list[str]) -> bool:

@@ -41,7 +41,7 @@ def _independent(model, enc, tokens, cand, prompt_len, image_pos, scale):  # noq
     return max(s), int(np.argmax(s)), float(rows[-1, image_pos].sum())
 
 
-@pytest.mark.parametrize("generated", [3, 11])
+@pytest.mark.parametrize("generated", [3, 9])  # the caption of scene 0 has 10 tokens
 def test_candidate_penalty_matches_full_forward(tiny, generated: int) -> None:  # noqa: ANN001
     model, processor = tiny
     image, prompt = synthetic.sample(0)[0], "Describe the image."

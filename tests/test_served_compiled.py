@@ -51,14 +51,26 @@ def test_parity_compiled(compiled, tiny_llava_dir, strategy: str) -> None:  # no
 
 
 def test_var_edits_attention_when_compiled(compiled, tiny_llava_dir) -> None:  # noqa: ANN001
-    refs = [parity.reference(tiny_llava_dir, c, var.VAR, var.MAX_TOKENS) for c in CASES]
-    answers = [var.ask(compiled, c, var.VAR) for c in CASES]
-    var.check_parity(answers, refs, "compiled", CASES)
-    # ... and the edit is there: VAR moves log-probabilities and margins away from plain
-    # decoding far more than the served-versus-reference tolerance.
-    plain = [var.ask(compiled, c, var.NONE) for c in CASES]
+    # Cases where the reference's VAR moves log-probabilities or margins far beyond the
+    # served-versus-reference tolerance (on the lab checkpoint VAR edits rows on a few
+    # probes only: about 4 of 16).
+    acting = []
+    for case in parity.cases(40):
+        ref = parity.reference(tiny_llava_dir, case, var.VAR, var.MAX_TOKENS)
+        plain = parity.reference(tiny_llava_dir, case, var.NONE, var.MAX_TOKENS)
+        if var.gap(ref, plain) > 10 * var.LOGPROB_TOL:
+            acting.append((case, ref))
+        if len(acting) == 4:
+            break
+    assert len(acting) >= 2, f"VAR moves the reference on {len(acting)} of 40 probes"
+    cases = [c for c, _ in acting]
+    answers = [var.ask(compiled, c, var.VAR) for c in cases]
+    var.check_parity(answers, [r for _, r in acting], "compiled", cases)
+    # ... and the edit is there: a compiled server that silently dropped VAR's hooks
+    # would answer exactly as plain decoding on these cases.
+    plain = [var.ask(compiled, c, var.NONE) for c in cases]
     moved = [var.gap(a, p) for a, p in zip(answers, plain, strict=True)]
-    assert sum(m > 10 * var.LOGPROB_TOL for m in moved) >= 3 * len(CASES) // 4, moved
+    assert all(m > 10 * var.LOGPROB_TOL for m in moved), moved
 
 
 def test_var_in_flight_with_none_when_compiled(compiled, tiny_llava_dir) -> None:  # noqa: ANN001

