@@ -99,7 +99,7 @@ def var_step(s: Shapes, requests: int, device: torch.device, dtype: torch.dtype)
         kernel = attention != var_core.SHARED_SCORES
         part = var_core.partition(bias.repeat(1, 1, group, 1), image, layer_sinks, kernel)
         for i in range(s.edited_layers):
-            k, v = gather_kv(cache, table, seq_lens, length, split)
+            k, v = gather_kv(cache, table, seq_lens, length, split, clean=False)  # as the engine
             q = query.float().view(requests, s.kv_heads, group, s.head_dim)
             var_core.apply_partition(
                 q, k, v, part.layer(i), s.head_dim**-0.5, p, thr, summ, attention=attention

@@ -37,9 +37,9 @@ def gather_kv(
     blocks = (length + block - 1) // block
     raw = kv_cache.index_select(0, block_ids[:, :blocks].flatten())
     k, v = split(raw)  # views of the copy: (R * blocks, H, block, D) each
-    slot = torch.arange(blocks * block, device=raw.device)
-    foreign = slot[None, :] >= seq_lens.to(raw.device)[:, None]  # (R, blocks * block)
-    if clean and bool(foreign.any()):
+    if clean:  # only on the rare second pass: the mask is not built on the hot path
+        slot = torch.arange(blocks * block, device=raw.device)
+        foreign = slot[None, :] >= seq_lens.to(raw.device)[:, None]  # (R, blocks * block)
         row, at = torch.nonzero(foreign, as_tuple=True)
         copy_block, offset = row * blocks + at // block, at % block
         k[copy_block, :, offset] = 0.0
