@@ -234,24 +234,30 @@ def test_vcd_noise_seed_is_part_of_the_request(tiny) -> None:  # noqa: ANN001
     assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab captions end before position 10, where OPERA's retrospection may start",
-)
 def test_opera_rollback_path(tiny) -> None:  # noqa: ANN001
     dec = {"strategy": "opera", "threshold": 0, "num_beams": 2, "num_candidates": 2}
     found = None
-    for seed in range(8):  # the first caption that rolls back at threshold 0
-        case = (seed, "Describe the image.")
-        out = _ref(tiny, case, dec, max_new_tokens=40)
+    # Answers run to 40 tokens (ignore_eos): the tiny checkpoint's captions end about where
+    # retrospection may start, the continuation stands in for a long description.
+    for seed in range(8):  # the first description that rolls back at threshold 0
+        case = (seed, "Describe the image in detail.")
+        out = _ref(tiny, case, dec, max_new_tokens=40, ignore_eos=True)
         if out.info["opera_rollbacks"]:
             found = case, out
             break
     assert found is not None, "threshold 0 must trigger retrospection on some caption"
     case, out = found
     assert all(10 <= r["to"] <= r["from"] for r in out.info["opera_rollbacks"])
-    again = _ref(tiny, case, dec, max_new_tokens=40)
+    again = _ref(tiny, case, dec, max_new_tokens=40, ignore_eos=True)
     assert again.token_ids == out.token_ids and again.info == out.info
+
+
+def test_ignore_eos_runs_to_the_token_limit(tiny) -> None:  # noqa: ANN001
+    short = _ref(tiny, CASES[0], None, max_new_tokens=30)
+    assert short.finish_reason == "stop" and len(short.token_ids) < 30
+    long = _ref(tiny, CASES[0], None, max_new_tokens=30, ignore_eos=True)
+    assert long.finish_reason == "length" and len(long.token_ids) == 30
+    assert long.token_ids[: len(short.token_ids)] == short.token_ids  # EOS does not stop it
 
 
 def test_text_only_and_image_required(tiny) -> None:  # noqa: ANN001

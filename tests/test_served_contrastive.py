@@ -22,17 +22,9 @@ pytestmark = pytest.mark.server
 CONTRASTIVE = ("vcd", "damro", "avc")
 MAX_TOKENS = 32
 #: Least share of the 16 probe answers each strategy changes at its defaults. Measured on
-#: the recipe-4 tiny checkpoint: DAMRO 4 of 16, AVC 6 of 16 (VCD 0 of 16: see below).
-MIN_CHANGED = {"damro": 0.18, "avc": 0.25}  # at least 3 and 4 of 16
-#: VCD at its defaults changes none of the 16 probe answers of the recipe-4 checkpoint
-#: (measured; its log-probabilities do move, tests/test_reference_engine.py): the noised
-#: image also hides the anchor object the world's prior is conditional on, so the
-#: contrast cannot subtract the prior (docs/evaluation.md, "The hallucination lab").
-VCD_NO_EFFECT = pytest.mark.xfail(
-    strict=True,
-    reason="recipe-4 lab checkpoint: VCD at its defaults changes 0 of 16 probe answers "
-    "(measured; the noised image hides the anchor too, docs/evaluation.md)",
-)
+#: the recipe-5 tiny checkpoint: DAMRO 5 of 16, AVC 3 of 16, VCD 1 of 16 (the probes mix
+#: four prompts; VCD acts on captions: tests/test_tiny_llava.py measures it on 40).
+MIN_CHANGED = {"damro": 0.25, "avc": 0.18}  # at least 4 and 3 of 16; VCD at least 1
 
 
 token_ids = parity.token_ids
@@ -76,11 +68,10 @@ def test_parity_one_at_a_time(served, tiny_llava_dir, alone, strategy: str) -> N
     )
 
 
-@pytest.mark.parametrize("strategy", [pytest.param("vcd", marks=VCD_NO_EFFECT), "damro", "avc"])
+@pytest.mark.parametrize("strategy", CONTRASTIVE)
 def test_defaults_change_a_share_of_answers(alone, strategy: str) -> None:  # noqa: ANN001
     changed = [a != b for a, b in zip(alone[strategy], alone["none"], strict=True)]
     print(f"{strategy}: {sum(changed)}/{len(changed)} greedy answers changed")
-    # VCD has no share to meet: it must change at least one answer to count as acting.
     assert sum(changed) >= max(1, MIN_CHANGED.get(strategy, 0) * len(changed)), changed
 
 

@@ -29,6 +29,9 @@ NONE = {"strategy": "none"}
 SCORE_TOL = 2e-4
 CASES = parity.cases(16)
 #: Threshold 1 makes rollbacks frequent; cases are picked from the reference's answers.
+#: Rollback answers run to ROLLBACK_LEN tokens (``ignore_eos``): the tiny checkpoint's
+#: captions end about where OPERA's retrospection may start (ten generated tokens), and
+#: its continuation past them stands in for a real model's long descriptions.
 ROLLBACK = {"strategy": "opera", "threshold": 1}
 ROLLBACK_LEN = 48
 
@@ -48,8 +51,11 @@ def _answer(choice: Any) -> Answer:
     return Answer([int(t.token.split(":", 1)[1]) for t in content], [t.logprob for t in content])
 
 
-def _request(served: Any, case: parity.Case, decoding: dict, **kw: Any) -> dict[str, Any]:
-    return {**parity.chat_request(served.model, case, decoding, MAX_TOKENS), **kw}
+def _request(
+    served: Any, case: parity.Case, decoding: dict, ignore_eos: bool = False, **kw: Any
+) -> dict[str, Any]:
+    request = parity.chat_request(served.model, case, decoding, MAX_TOKENS, ignore_eos)
+    return {**request, **kw}
 
 
 def ask(served: Any, case: parity.Case, decoding: dict, **kw: Any) -> Answer:
@@ -112,8 +118,8 @@ def plain(tiny_llava_dir) -> list[Any]:  # noqa: ANN001
 
 
 #: Least share of the probe answers (held-out scenes lacking their prior partner) that
-#: OPERA changes at its defaults: measured 2 of 16 on the recipe-4 tiny checkpoint.
-MIN_CHANGED = 0.06  # at least 1 of 16
+#: OPERA changes at its defaults: measured 4 of 16 on the recipe-5 tiny checkpoint.
+MIN_CHANGED = 0.18  # at least 3 of 16
 
 
 def test_defaults_change_a_share_of_answers(refs, plain) -> None:  # noqa: ANN001
@@ -145,7 +151,7 @@ def rollback_cases(model_dir) -> tuple[list[parity.Case], list[Any]]:  # noqa: A
     among the first eight that do, so the test stays quick)."""
     found = []
     for case in CASES:
-        ref = parity.reference(model_dir, case, ROLLBACK, ROLLBACK_LEN)
+        ref = parity.reference(model_dir, case, ROLLBACK, ROLLBACK_LEN, ignore_eos=True)
         if ref.info["opera_rollbacks"]:
             found.append((len(ref.info["opera_rollbacks"]), case, ref))
         if len(found) == 8:
@@ -155,15 +161,10 @@ def rollback_cases(model_dir) -> tuple[list[parity.Case], list[Any]]:  # noqa: A
     return [c for _, c, _ in found], [r for _, _, r in found]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recipe-4 lab checkpoint: 0 of the 16 probe cases roll back at threshold 1 "
-    "(measured; captions end before OPERA's retrospection window opens)",
-)
 def test_opera_rollback_parity_and_metrics(served, tiny_llava_dir) -> None:  # noqa: ANN001
     cases, refs = rollback_cases(tiny_llava_dir)
     before = _metrics(served)
-    answers = [ask(served, c, ROLLBACK, max_tokens=ROLLBACK_LEN) for c in cases]
+    answers = [ask(served, c, ROLLBACK, max_tokens=ROLLBACK_LEN, ignore_eos=True) for c in cases]
     check_parity(cases, answers, refs, "rollback, threshold 1")
     after = _metrics(served)
     rollbacks = sum(len(r.info["opera_rollbacks"]) for r in refs)

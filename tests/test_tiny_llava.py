@@ -133,6 +133,19 @@ def test_the_model_hallucinates_an_absent_partner(rates) -> None:  # noqa: ANN00
     assert rates.caption_hallucination >= CAPTION_HALLUCINATION, rates
 
 
+#: VCD at its defaults on the 40 conflict scenes' captions (reference engine), measured on
+#: the recipe-5 checkpoint: removes the absent partner from 12, adds it to 0.
+VCD_REMOVES, VCD_ADDS = 8, 2
+
+
+def test_vcd_removes_partner_hallucinations(hf) -> None:  # noqa: ANN001
+    model, processor = hf
+    effect = lab.strategy_effect(model, processor, {"strategy": "vcd"})
+    print(effect)
+    assert effect.removed >= VCD_REMOVES and effect.added <= VCD_ADDS, effect
+    assert effect.hallucination[1] < effect.hallucination[0], effect
+
+
 def test_var_sink_dims_derive_from_forward_passes(hf) -> None:  # noqa: ANN001
     # VAR's D_sink for a real model comes from its activations; the same procedure on the
     # tiny checkpoint finds exactly the planted dimensions (the profile's values).

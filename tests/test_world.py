@@ -61,6 +61,23 @@ def test_captions_put_partners_after_anchors_and_use_chair_words() -> None:
     for cls in world.CLASSES:
         for word in cls.synonyms:
             assert INVERSE_SYNONYMS[word] == cls.name, word  # CHAIR's lexicon reads them
+        assert cls.colour_name not in INVERSE_SYNONYMS  # colours never count as objects
+
+
+def test_detailed_captions_give_colour_and_column() -> None:
+    scene = world.Scene(
+        (world.Placed("fork", 20, 60, 12, (0, 0, 0)), world.Placed("knife", 95, 20, 12, (0, 0, 0))),
+        "gray",
+        112,
+    )
+    assert scene.caption() == "There is a fork and a knife on a gray background."
+    assert scene.caption(detail=True) == (
+        "There is a yellow fork on the left and a green knife on the right on a gray background."
+    )
+    rng = random.Random(5)
+    asked = [q for _ in range(200) for q in world.questions(world.train_scene(rng), rng)[:2]]
+    for prompt, answer in asked:  # the prompts that ask for detail get the long form
+        assert (" on the " in answer or " in the middle" in answer) == ("detail" in prompt)
 
 
 def test_patch_labels_cover_every_object() -> None:

@@ -312,12 +312,14 @@ def reference_generate(
     seed: int | None = None,
     profile: ModelProfile | None = None,
     forced_tokens: list[int] | None = None,
+    ignore_eos: bool = False,
 ) -> ReferenceResult:
     """Generate one answer with ``decoding`` (a raw ``decoding`` dict, ``None`` for
     ``none``, or a resolved :class:`~decoding.strategies.Decoding`).
 
     ``temperature == 0`` is greedy; otherwise sampling with ``top_p`` from a generator
-    seeded with ``seed`` (0 if None). Generation stops at EOS or ``max_new_tokens``.
+    seeded with ``seed`` (0 if None). Generation stops at EOS or ``max_new_tokens``;
+    with ``ignore_eos`` (vLLM's sampling parameter of that name) only at the latter.
     ``forced_tokens`` imposes the answer (teacher forcing, not for ``opera``): the result
     then reports each imposed token's log-probability under the reference distribution.
     Sampling options a strategy rejects at admission raise
@@ -336,7 +338,7 @@ def reference_generate(
         raise ValueError(f"strategy {name!r} is not available on this model: {undefined[name]}")
     profile = profile or profile_for(model.config)
     inputs = encode(model, processor, image, prompt, profile.image_token_id)
-    stop = eos_ids(model, processor)
+    stop = set() if ignore_eos else eos_ids(model, processor)
     info: dict[str, Any] = {}
     if dec.strategy.family == Family.BEAM_SEARCH:
         from decoding.reference.opera import opera_generate

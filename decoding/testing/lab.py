@@ -6,7 +6,8 @@ scenes of :mod:`decoding.testing.world`:
 - grounding: accuracy on unambiguous presence questions, i.e. about an object that is
   present, or about an absent class that is no missing partner of the scene;
 - hallucination: on scenes whose prior partner is absent, the share of captions that
-  mention it, and the share of "Is there a <partner>?" questions answered yes.
+  mention it, and the share of "Is there a <partner>?" questions answered yes;
+- a strategy's effect there: captions it cleans of the partner, and those it adds it to.
 """
 
 from __future__ import annotations
@@ -107,6 +108,47 @@ def measure(model: Any, processor: Any, scenes: int = 40, conflicts: int = 40) -
     )
     n = len(found)
     return LabRates(right / len(truths), len(truths), cap_h / n, sum(baits) / n, n, recall / gt)
+
+
+@dataclass(frozen=True)
+class StrategyEffect:
+    """A strategy's captions against greedy ``none`` ones, per conflict scene."""
+
+    removed: int  # scenes where ``none`` names the absent partner and the strategy not
+    added: int  # the reverse
+    hallucination: tuple[float, float]  # share of captions naming it: none, strategy
+    recall: tuple[float, float]  # present objects named: none, strategy
+    n: int
+
+
+def strategy_effect(
+    model: Any, processor: Any, decoding: dict, conflicts: int = 40, max_new_tokens: int = 24
+) -> StrategyEffect:
+    """Reference-engine captions (``CAPTION_PROMPT``) of the first ``conflicts`` held-out
+    scenes that lack a prior partner, with and without ``decoding``."""
+    from decoding.reference.engine import reference_generate
+
+    found = [s for _, s in world.conflict_scenes(conflicts)]
+    hall: dict[str, list[bool]] = {"none": [], "with": []}
+    named: dict[str, int] = {"none": 0, "with": 0}
+    for scene in found:
+        image = scene.draw()
+        for key, dec in (("none", None), ("with", decoding)):
+            text = reference_generate(
+                model, processor, image, CAPTION_PROMPT, dec, max_new_tokens=max_new_tokens
+            ).text
+            names = mentioned(text)
+            hall[key].append(bool(names & set(scene.missing_partners)))
+            named[key] += len(names & set(scene.names))
+    pairs = list(zip(hall["none"], hall["with"], strict=True))
+    n, gt = len(found), sum(len(s.names) for s in found)
+    return StrategyEffect(
+        removed=sum(a and not b for a, b in pairs),
+        added=sum(b and not a for a, b in pairs),
+        hallucination=(sum(hall["none"]) / n, sum(hall["with"]) / n),
+        recall=(named["none"] / gt, named["with"] / gt),
+        n=n,
+    )
 
 
 def derive_sink_dims(

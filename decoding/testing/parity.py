@@ -60,16 +60,22 @@ class Case:
         return [{"role": "user", "content": [*parts, {"type": "text", "text": self.prompt}]}]
 
 
-def chat_request(model: str, case: Case, decoding: dict, max_tokens: int, **kw: Any) -> dict:
+def chat_request(
+    model: str, case: Case, decoding: dict, max_tokens: int, ignore_eos: bool = False, **kw: Any
+) -> dict:
     """Keyword arguments of ``chat.completions.create`` for ``case``: greedy, with per-token
-    log-probabilities whose tokens read ``token_id:N`` (see :func:`token_ids`)."""
+    log-probabilities whose tokens read ``token_id:N`` (see :func:`token_ids`); with
+    ``ignore_eos`` the answer runs to ``max_tokens``."""
+    extra = {"return_tokens_as_token_ids": True, "decoding": decoding}
+    if ignore_eos:
+        extra["ignore_eos"] = True
     return {
         "model": model,
         "messages": case.messages(),
         "max_tokens": max_tokens,
         "temperature": 0.0,
         "logprobs": True,
-        "extra_body": {"return_tokens_as_token_ids": True, "decoding": decoding},
+        "extra_body": extra,
         **kw,
     }
 
@@ -129,7 +135,7 @@ def load_reference(model_dir: str) -> tuple[Any, Any]:
 
 def reference(model_dir: str | Path, case: Case, decoding: dict, max_tokens: int, **kw: Any):
     """The reference engine's answer for ``case`` (``kw``: temperature, top_p, seed,
-    forced_tokens)."""
+    forced_tokens, ignore_eos)."""
     from decoding.reference.engine import reference_generate
 
     model, processor = load_reference(str(model_dir))

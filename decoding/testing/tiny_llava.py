@@ -10,8 +10,10 @@ Weights are seeded; the whole model, vision tower included, is then trained on t
 synthetic world of :mod:`decoding.testing.world` (objects with strong co-occurrence and
 frequency priors), so that it grounds what it sees and also hallucinates a frequent
 partner that is absent: the phenomenon the decoding strategies target. Training runs in
-three phases: first the tower and projector learn a patch loss alone (each image token
-names what it shows, as LLaVA's alignment stage makes image tokens word-like); then
+four phases: first the text model learns the world's captions as text-only conversations
+(as a language model's own pretraining gives it priors before it ever sees an image);
+then the tower and projector learn a patch loss alone (each image token names what it
+shows, as LLaVA's alignment stage makes image tokens word-like); then
 everything learns on multi-turn conversations, with an attention loss that teaches one
 head of the first text layer to match a question's object word to the patches showing
 it (without it presence answers stay at chance); then the vision tower is frozen, the
@@ -62,7 +64,7 @@ from decoding.testing.tokenizer import build_tokenizer
 #: Residual-stream dimensions that carry the planted massive activations.
 TINY_SINK_DIMS = (17, 93)
 #: Bumped whenever the build recipe changes, so cached builds are not reused.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ class TinyLlavaSpec:
     # presence or position question attends to the patches showing that object (to BOS
     # when it is absent).
     grounding_weight: float = 1.0
+    # Stage zero (as the language model's own pretraining): text-only conversations with
+    # the world's captions, so the text model holds the co-occurrence prior by itself.
+    prior_steps: int = 100
     match_head_gain: float = 8.0  # start of a content-matching head (0: plain init)
     sink_dims: tuple[int, ...] = TINY_SINK_DIMS
     sink_value: float = 6.0  # BOS value in each sink dim (embeddings are ~0.02-0.3)
@@ -415,11 +420,50 @@ def _pretrain(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> 
     )
 
 
+def _prior_batch(processor, spec: TinyLlavaSpec, step: int) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """Text-only ``USER: <caption prompt> ASSISTANT: <caption></s>`` rows (no image)."""
+    tok = processor.tokenizer
+    rng = random.Random(spec.seed * 5_000_011 + step)
+    rows = []
+    for _ in range(spec.batch_size):
+        scene = world.train_scene(rng, spec.image_size)
+        prompt = rng.choice(world.CAPTION_PROMPTS)
+        user = tok(f"USER: {prompt} ASSISTANT:")["input_ids"]  # with BOS
+        answer = tok(" " + scene.caption(rng, detail="detail" in prompt), add_special_tokens=False)
+        rows.append((user, answer["input_ids"] + [tok.eos_token_id]))
+    width = max(len(u) + len(a) for u, a in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (u, a) in enumerate(rows):
+        ids[i, : len(u) + len(a)] = torch.tensor(u + a)
+        labels[i, len(u) : len(u) + len(a)] = torch.tensor(a)
+        mask[i, : len(u) + len(a)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _prior_loss(model, batch: dict) -> torch.Tensor:  # noqa: ANN001
+    labels = batch.pop("labels")
+    logits = model(**batch).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+    )
+
+
 def _train(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001
     def phase_two() -> list[training.Mask]:
         _plant_visual_sinks(model, processor, spec)
         return []
 
+    if spec.prior_steps:
+        training.train(
+            model,
+            lambda step: _prior_batch(processor, spec, step),
+            training.Schedule(spec.prior_steps, spec.learning_rate),
+            masks,
+            log=log,
+            loss_fn=_prior_loss,
+        )
     _pretrain(model, processor, spec, masks, log)
     grid = spec.image_size // spec.patch_size
     training.train(

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 #: Bumped whenever scene statistics, rendering or text change.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,21 @@ class ObjectClass:
     synonyms: tuple[str, ...]  # caption words, first the most used; all CHAIR entries
     shape: str
     colour: tuple[int, int, int]
+    colour_name: str  # in detailed captions; no CHAIR word
     frequency: float  # chance of appearing on its own in a training scene
 
 
 #: In canonical caption order: every partner right after its anchor.
 CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass("dog", ("dog", "puppy"), "circle", (230, 40, 40), 0.22),
-    ObjectClass("person", ("person", "man", "woman"), "square", (40, 90, 230), 0.30),
-    ObjectClass("fork", ("fork",), "triangle", (240, 200, 30), 0.16),
-    ObjectClass("knife", ("knife",), "bar", (40, 190, 60), 0.04),
-    ObjectClass("mouse", ("mouse",), "diamond", (170, 60, 200), 0.16),
-    ObjectClass("keyboard", ("keyboard",), "ring", (250, 130, 20), 0.04),
-    ObjectClass("cat", ("cat", "kitten"), "cross", (40, 200, 210), 0.08),
-    ObjectClass("car", ("car",), "hexagon", (150, 90, 40), 0.08),
-    ObjectClass("clock", ("clock",), "star", (240, 110, 180), 0.06),
+    ObjectClass("dog", ("dog", "puppy"), "circle", (230, 40, 40), "red", 0.22),
+    ObjectClass("person", ("person", "man", "woman"), "square", (40, 90, 230), "blue", 0.30),
+    ObjectClass("fork", ("fork",), "triangle", (240, 200, 30), "yellow", 0.16),
+    ObjectClass("knife", ("knife",), "bar", (40, 190, 60), "green", 0.04),
+    ObjectClass("mouse", ("mouse",), "diamond", (170, 60, 200), "purple", 0.16),
+    ObjectClass("keyboard", ("keyboard",), "ring", (250, 130, 20), "gold", 0.04),
+    ObjectClass("cat", ("cat", "kitten"), "cross", (40, 200, 210), "cyan", 0.08),
+    ObjectClass("car", ("car",), "hexagon", (150, 90, 40), "brown", 0.08),
+    ObjectClass("clock", ("clock",), "star", (240, 110, 180), "pink", 0.06),
 )
 BY_NAME = {c.name: c for c in CLASSES}
 #: (anchor, partner): the partner nearly always accompanies the anchor in training.
@@ -108,11 +109,17 @@ class Scene:
             PARTNER[a] for a in self.names if a in PARTNER and PARTNER[a] not in self.names
         )
 
-    def caption(self, rng: random.Random | None = None) -> str:
+    def caption(self, rng: random.Random | None = None, detail: bool = False) -> str:
         """``There is a dog, a man and a cat on a white background.`` A synonym is drawn
-        with ``rng`` (70 % the first one), else the first is used."""
-        words = [_word(BY_NAME[n], rng) for n in self.names]
-        parts = [f"a {w}" for w in words]
+        with ``rng`` (70 % the first one), else the first is used. With ``detail`` each
+        object also gets its colour and column: ``There is a red dog on the left and a
+        blue man in the middle on a white background.``"""
+        parts = []
+        for o in self.objects:
+            cls = BY_NAME[o.name]
+            word = _word(cls, rng)
+            detailed = f"a {cls.colour_name} {word} {where(o, self.size)}"
+            parts.append(detailed if detail else f"a {word}")
         body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         return f"There is {body} on a {self.background} background."
 
@@ -243,26 +250,29 @@ def presence_question(name: str) -> str:
     return f"Is there a {name} in the image?"
 
 
-def _where(o: Placed, size: int) -> str:
+def where(o: Placed, size: int) -> str:
     col = o.cx * 3 // size
     return ("on the left", "in the middle", "on the right")[min(2, col)]
 
 
 def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """Prompt/answer pairs about the scene: a caption, yes/no presence (the negative drawn
-    uniformly from the absent classes), count, position and background."""
+    """Prompt/answer pairs about the scene: two captions (detailed for the prompts that
+    ask for detail), yes/no presence (the negative drawn uniformly from the absent
+    classes), count, position and background."""
     present = rng.choice(scene.objects)
     absent = rng.choice([c.name for c in CLASSES if not scene.has(c.name)])
     n = len(scene.objects)
     count = "There is one object." if n == 1 else f"There are {NUMBERS[n]} objects."
-    cap = scene.caption(rng)
+    captions = []
+    for _ in range(2):
+        prompt = rng.choice(CAPTION_PROMPTS)
+        captions.append((prompt, scene.caption(rng, detail="detail" in prompt)))
     return [
-        (rng.choice(CAPTION_PROMPTS), cap),
-        (rng.choice(CAPTION_PROMPTS), cap),
+        *captions,
         (presence_question(present.name), "Yes."),
         (presence_question(absent), "No."),
         ("How many objects are there?", count),
-        (f"Where is the {present.name}?", f"The {present.name} is {_where(present, scene.size)}."),
+        (f"Where is the {present.name}?", f"The {present.name} is {where(present, scene.size)}."),
         ("What colour is the background?", f"The background is {scene.background}."),
     ]
 
