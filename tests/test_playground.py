@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMPT = "Describe the image."
 #: An image on which vcd (alpha 3) answers differently from plain decoding (measured on
-#: the lab checkpoint: seeds 1001, 1007, 1013 of 1000-1013 differ).
-SEED = 1001
+#: the recipe-5 lab checkpoint: seeds 1003, 1004, 1013 of 1000-1019 differ).
+SEED = 1004
 
 
 def is_subsequence(words: list[str], of: list[str]) -> bool:

@@ -19,7 +19,7 @@ NEW = 20
 #: strategies act): (scene index, prompt) pairs.
 _PROBES = world.conflict_scenes(2)
 #: A held-out scene on which the planted sink unit fires (visual sinks for VAR).
-SINK_SCENE = 4
+SINK_SCENE = 6
 CASES = [
     (_PROBES[0][0], "Describe the image."),
     (_PROBES[0][0], f"Is there a {_PROBES[0][1].missing_partners[0]} in the image?"),
@@ -219,7 +219,7 @@ def test_var_sinks_from_hidden_states(tiny) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("name", ["none", "vcd", "damro"])
 def test_sampling_is_deterministic_per_seed(tiny, name) -> None:  # noqa: ANN001
-    case = CASES[0]
+    case = (CASES[0][0], "Describe the image in detail.")  # long enough to sample apart
     kw = {"max_new_tokens": 12, "temperature": 1.0, "top_p": 0.95}
     runs = [_ref(tiny, case, {"strategy": name}, seed=s, **kw).token_ids for s in (1, 1, 2, 3)]
     assert runs[0] == runs[1]

@@ -235,8 +235,8 @@ def test_stream_gets_the_final_answer_in_one_chunk_and_n_best(served) -> None:  
         ({"strategy": "opera", "rollback": "no"}, {}, "decoding.rollback"),
         (OPERA, {"temperature": 0.7}, "temperature"),
         (OPERA, {"n": 6}, "n"),
-        # The tiny vocabulary (448) cannot carry the look-ahead rows of 500 tokens.
-        (OPERA, {"max_tokens": 500}, "max_tokens"),
+        # The tiny vocabulary (512) cannot carry the look-ahead rows of 600 tokens.
+        (OPERA, {"max_tokens": 600}, "max_tokens"),
     ],
 )
 def test_bad_requests_get_400_with_param(served, decoding, extra, param) -> None:  # noqa: ANN001
