@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from eval.bootstrap import Interval, interval, resamples
 from eval.jobs.report import _table, write_json
 
 STRATEGIES = ("none", "vcd", "avc", "damro", "opera", "var")
+#: CHAIR runs twice: with the preset's detailed-description prompt and with this one.
+SHORT_PROMPT = "Describe the image."
 SPLITS = ("random", "popular", "adversarial")
 
 
@@ -163,12 +166,17 @@ async def _jobs(url: str, args: argparse.Namespace, strategies: list[str]) -> di
     pope.update(questions=spec, strategies=select_strategies(pope, strategies))
     chair = load_settings("chair", "chair-lab")
     chair.update(image_set=spec, strategies=select_strategies(chair, strategies))
+    # The same CHAIR job on short captions: the world's other caption form.
+    short = {**chair, "prompt": SHORT_PROMPT, "sampling": {**chair["sampling"], "max_tokens": 32}}
     if args.concurrency:
-        pope["concurrency"] = chair["concurrency"] = args.concurrency
+        pope["concurrency"] = chair["concurrency"] = short["concurrency"] = args.concurrency
     cost: dict[str, dict[str, float]] = {}
+    for name in ("pope", "chair", "chair-short"):  # the jobs resume; the demo starts afresh
+        shutil.rmtree(args.out / name, ignore_errors=True)
     before = _metrics(url)
     await run_pope(pope, lambda: url_backend(url), args.out / "pope", progress=args.progress)
-    await run_chair(chair, lambda: url_backend(url), args.out / "chair", progress=args.progress)
+    for name, settings in (("chair", chair), ("chair-short", short)):
+        await run_chair(settings, lambda: url_backend(url), args.out / name, progress=args.progress)
     after = _metrics(url)
     for s in strategies:
         extra = metric(after, "lucid:extra_forward_tokens_total", strategy=s)
@@ -190,10 +198,11 @@ def _latency(path: Path, key: str = "strategy") -> dict[str, float]:
 def table(summary: dict[str, Any]) -> str:
     """One row per strategy: POPE false-yes rate per split, CHAIR_s, CHAIR_i, recall, cost."""
     header = ["strategy", *(f"POPE {s[:3]} FY%" for s in SPLITS), "POPE adv Acc%",
-              "CHAIR_s%", "CHAIR_i%", "Recall%", "x latency", "extra tok/req"]  # fmt: skip
+              "CHAIR_s%", "CHAIR_i%", "Recall%", "short CHAIR_s%", "short Recall%",
+              "x latency", "extra tok/req"]  # fmt: skip
     rows = []
     for s, pope in summary["pope"].items():
-        chair = summary["chair"][s]
+        chair, brief = summary["chair"][s], summary["chair_short"][s]
         cost = summary["cost"][s]
 
         def cell(d: dict[str, Any]) -> str:
@@ -202,7 +211,8 @@ def table(summary: dict[str, Any]) -> str:
         fy = [cell(pope[sp]["false_yes"]) for sp in SPLITS]
         rows.append(
             [s, *fy, cell(pope["adversarial"]["accuracy"]), cell(chair["chair_s"]),
-             cell(chair["chair_i"]), cell(chair["recall"]), f"{cost['latency_ratio']:.2f}",
+             cell(chair["chair_i"]), cell(chair["recall"]), cell(brief["chair_s"]),
+             cell(brief["recall"]), f"{cost['latency_ratio']:.2f}",
              f"{cost['extra_tokens_per_request']:.0f}"]
         )  # fmt: skip
     return _table(header, rows, left=1)
@@ -218,7 +228,8 @@ def plot(path: Path, summary: dict[str, Any]) -> None:
     panels = [(f"POPE {sp}: false yes", lambda s, sp=sp: summary["pope"][s][sp]["false_yes"])
               for sp in SPLITS]  # fmt: skip
     panels += [("CHAIR_s", lambda s: summary["chair"][s]["chair_s"]),
-               ("CHAIR_i", lambda s: summary["chair"][s]["chair_i"])]  # fmt: skip
+               ("CHAIR_i", lambda s: summary["chair"][s]["chair_i"]),
+               ("CHAIR_s short", lambda s: summary["chair_short"][s]["chair_s"])]  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharey=True)
     for ax, (title, get) in zip(axes, panels, strict=True):
         vals = [get(s) for s in names]
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     n_req = {s: 0 for s in strategies}
     from eval.io import iter_jsonl_tolerant
 
-    for name in ("pope/answers.jsonl", "chair/captions.jsonl"):
+    for name in ("pope/answers.jsonl", "chair/captions.jsonl", "chair-short/captions.jsonl"):
         for r in iter_jsonl_tolerant(args.out / name):
             n_req[r["strategy"]] += 1
     cost = {
@@ -288,12 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         "scenes": args.scenes,
         "bootstrap": args.bootstrap,
         "pope": summarise_pope(args.out / "pope" / "answers.jsonl", strategies, args.bootstrap),
-        "chair": summarise_chair(
-            chair_details(
-                args.out / "chair" / "captions.jsonl", strategies, ran["chair"]["ground_truth"]
-            ),
-            args.bootstrap,
-        ),  # fmt: skip
+        **{
+            key: summarise_chair(
+                chair_details(
+                    args.out / name / "captions.jsonl", strategies, ran["chair"]["ground_truth"]
+                ),
+                args.bootstrap,
+            )
+            for key, name in (("chair", "chair"), ("chair_short", "chair-short"))
+        },
         "cost": cost,
         "seconds": round(time.monotonic() - start, 1),
     }

@@ -162,12 +162,13 @@ def test_eval_demo_on_the_served_model(served, tmp_path: Path) -> None:  # noqa:
             "--bootstrap", "50", "--out", str(tmp_path)]  # fmt: skip
     assert demo(argv) == 0, served.log_tail()
     res = json.loads((tmp_path / "demo.json").read_text())
-    assert set(res["pope"]) == set(res["chair"]) == {"none", "vcd"}
+    assert set(res["pope"]) == set(res["chair"]) == set(res["chair_short"]) == {"none", "vcd"}
     for name in ("none", "vcd"):
         for split in ("random", "popular", "adversarial"):
             fy = res["pope"][name][split]["false_yes"]
             assert fy["low"] <= fy["value"] <= fy["high"]
-        assert 0 <= res["chair"][name]["chair_s"]["value"] <= 1
+        for chair in ("chair", "chair_short"):
+            assert 0 <= res[chair][name]["chair_s"]["value"] <= 1
     assert res["pope"]["none"]["adversarial"]["false_yes"]["delta"]["value"] == 0
     assert res["cost"]["none"]["latency_ratio"] == 1.0
     assert res["cost"]["vcd"]["extra_tokens_per_request"] > 0

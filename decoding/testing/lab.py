@@ -117,6 +117,7 @@ class StrategyEffect:
     removed: int  # scenes where ``none`` names the absent partner and the strategy not
     added: int  # the reverse
     hallucination: tuple[float, float]  # share of captions naming it: none, strategy
+    any_absent: tuple[float, float]  # share naming any absent object (CHAIR_s)
     recall: tuple[float, float]  # present objects named: none, strategy
     n: int
 
@@ -130,7 +131,8 @@ def strategy_effect(
 
     found = [s for _, s in world.conflict_scenes(conflicts)]
     hall: dict[str, list[bool]] = {"none": [], "with": []}
-    named: dict[str, int] = {"none": 0, "with": 0}
+    absent = {"none": 0, "with": 0}
+    named = {"none": 0, "with": 0}
     for scene in found:
         image = scene.draw()
         for key, dec in (("none", None), ("with", decoding)):
@@ -139,6 +141,7 @@ def strategy_effect(
             ).text
             names = mentioned(text)
             hall[key].append(bool(names & set(scene.missing_partners)))
+            absent[key] += bool(names - set(scene.names))
             named[key] += len(names & set(scene.names))
     pairs = list(zip(hall["none"], hall["with"], strict=True))
     n, gt = len(found), sum(len(s.names) for s in found)
@@ -146,6 +149,7 @@ def strategy_effect(
         removed=sum(a and not b for a, b in pairs),
         added=sum(b and not a for a, b in pairs),
         hallucination=(sum(hall["none"]) / n, sum(hall["with"]) / n),
+        any_absent=(absent["none"] / n, absent["with"] / n),
         recall=(named["none"] / gt, named["with"] / gt),
         n=n,
     )

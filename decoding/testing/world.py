@@ -5,8 +5,9 @@ glyph with its own colour; sizes and positions vary) on a plain background. Scen
 statistics are skewed on purpose, like COCO's: some classes are far more frequent than
 others, and each *anchor* of :data:`PAIRS` is nearly always accompanied by its *partner*
 (in training, ``P(partner | anchor) = 0.92``). Captions list objects in a canonical
-order that puts a partner right after its anchor, so a model trained here learns both to
-ground what it sees and the prior "after a fork comes a knife". On held-out scenes whose
+order that puts a partner right after its anchor (prompts that ask for detail also get
+each object's colour and column), so a model trained here learns both to ground what it
+sees and the prior "after a fork comes a knife". On held-out scenes whose
 partner is absent, it then hallucinates the partner: the mechanism that POPE's popular
 and adversarial splits and CHAIR measure on COCO (Li et al., EMNLP 2023; Rohrbach et al.,
 EMNLP 2018).
