@@ -31,6 +31,20 @@ def test_cli_json(tiny_llava_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert len(out["info"]["damro_outliers"]) == 4
 
 
+def test_cli_ignore_eos_runs_to_the_limit(
+    tiny_llava_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--model", str(tiny_llava_dir), "--image", "synthetic:0", "--prompt",
+            "Describe the image.", "--max-new-tokens", "40", "--json"]  # fmt: skip
+    lengths = []
+    for extra in ([], ["--ignore-eos"]):
+        assert cli.main(base + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        lengths.append((len(out["token_ids"]), out["finish_reason"]))
+    assert lengths[0][0] < 40 and lengths[0][1] == "stop"  # the caption ends first
+    assert lengths[1] == (40, "length")
+
+
 def test_cli_rejects_bad_decoding(tiny_llava_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "--model",

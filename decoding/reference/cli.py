@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--ignore-eos", action="store_true", help="run to --max-new-tokens")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            ignore_eos=args.ignore_eos,
         )
     except DecodingParamError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
