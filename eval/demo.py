@@ -26,6 +26,8 @@ from eval.jobs.report import _table, write_json
 STRATEGIES = ("none", "vcd", "avc", "damro", "opera", "var")
 #: CHAIR runs twice: with the preset's detailed-description prompt and with this one.
 SHORT_PROMPT = "Describe the image."
+#: Summary key and job folder of each CHAIR run.
+CHAIR_RUNS = (("chair", "chair"), ("chair_short", "chair-short"))
 SPLITS = ("random", "popular", "adversarial")
 
 
@@ -171,11 +173,11 @@ async def _jobs(url: str, args: argparse.Namespace, strategies: list[str]) -> di
     if args.concurrency:
         pope["concurrency"] = chair["concurrency"] = short["concurrency"] = args.concurrency
     cost: dict[str, dict[str, float]] = {}
-    for name in ("pope", "chair", "chair-short"):  # the jobs resume; the demo starts afresh
-        shutil.rmtree(args.out / name, ignore_errors=True)
+    for name in ("pope", *(folder for _, folder in CHAIR_RUNS)):  # the jobs resume
+        shutil.rmtree(args.out / name, ignore_errors=True)  # the demo starts afresh
     before = _metrics(url)
     await run_pope(pope, lambda: url_backend(url), args.out / "pope", progress=args.progress)
-    for name, settings in (("chair", chair), ("chair-short", short)):
+    for (_, name), settings in zip(CHAIR_RUNS, (chair, short), strict=True):
         await run_chair(settings, lambda: url_backend(url), args.out / name, progress=args.progress)
     after = _metrics(url)
     for s in strategies:
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     n_req = {s: 0 for s in strategies}
     from eval.io import iter_jsonl_tolerant
 
-    for name in ("pope/answers.jsonl", "chair/captions.jsonl", "chair-short/captions.jsonl"):
+    logs = ["pope/answers.jsonl", *(f"{folder}/captions.jsonl" for _, folder in CHAIR_RUNS)]
+    for name in logs:
         for r in iter_jsonl_tolerant(args.out / name):
             n_req[r["strategy"]] += 1
     cost = {
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 args.bootstrap,
             )
-            for key, name in (("chair", "chair"), ("chair_short", "chair-short"))
+            for key, name in CHAIR_RUNS
         },
         "cost": cost,
         "seconds": round(time.monotonic() - start, 1),

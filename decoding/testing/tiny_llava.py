@@ -241,21 +241,9 @@ def _batch(
         pixels.append(enc["pixel_values"])
         patches.append([word(w) for w in cells])
     width = max(len(x) for x in ids)
-    pad = tok.pad_token_id
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    label_t = torch.full((len(ids), width), -100, dtype=torch.long)
-    weight_t = torch.zeros((len(ids), width))
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, (x, y, w) in enumerate(zip(ids, labels, weights, strict=True)):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        label_t[i, : len(y)] = torch.tensor(y)
-        weight_t[i, : len(w)] = torch.tensor(w)
-        mask[i, : len(x)] = 1
     return {
-        "input_ids": input_ids,
-        "attention_mask": mask,
-        "labels": label_t,
-        "weights": weight_t,
+        **_text_batch(tok, ids, labels, width),
+        "weights": training.padded(weights, width, 0.0, torch.float32),
         "pixel_values": torch.cat(pixels),
         "patch_labels": torch.tensor(patches),
         "grounding": grounding,
@@ -431,15 +419,18 @@ def _prior_batch(processor, spec: TinyLlavaSpec, step: int) -> dict[str, torch.T
         user = tok(f"USER: {prompt} ASSISTANT:")["input_ids"]  # with BOS
         answer = tok(" " + scene.caption(rng, detail="detail" in prompt), add_special_tokens=False)
         rows.append((user, answer["input_ids"] + [tok.eos_token_id]))
-    width = max(len(u) + len(a) for u, a in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (u, a) in enumerate(rows):
-        ids[i, : len(u) + len(a)] = torch.tensor(u + a)
-        labels[i, len(u) : len(u) + len(a)] = torch.tensor(a)
-        mask[i, : len(u) + len(a)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    ids = [u + a for u, a in rows]
+    labels = [[-100] * len(u) + a for u, a in rows]
+    return _text_batch(tok, ids, labels, max(len(x) for x in ids))
+
+
+def _text_batch(tok, ids: list[list[int]], labels: list[list[int]], width: int) -> dict:  # noqa: ANN001
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on padding)."""
+    return {
+        "input_ids": training.padded(ids, width, tok.pad_token_id),
+        "attention_mask": training.padded([[1] * len(x) for x in ids], width, 0),
+        "labels": training.padded(labels, width, -100),
+    }
 
 
 def _prior_loss(model, batch: dict) -> torch.Tensor:  # noqa: ANN001

@@ -137,18 +137,11 @@ def batch(processor, items: list[Example], answer_prefix: str) -> dict[str, torc
     out: dict[str, torch.Tensor] = {}
     for key in rows[0]:
         fill = tok.pad_token_id if SEQUENCE_KEYS[key] is None else SEQUENCE_KEYS[key]
-        out[key] = _padded([r[key] for r in rows], width, fill)
-    out["labels"] = _padded([y for _, y in encoded], width, -100)
+        out[key] = training.padded([r[key] for r in rows], width, fill)
+    out["labels"] = training.padded([y for _, y in encoded], width, -100)
     for key in encoded[0][0]["extras"]:
         out[key] = torch.cat([e["extras"][key] for e, _ in encoded])
     return out
-
-
-def _padded(rows: list[list[int]], width: int, fill: int) -> torch.Tensor:
-    t = torch.full((len(rows), width), fill, dtype=torch.long)
-    for i, r in enumerate(rows):
-        t[i, : len(r)] = torch.tensor(r)
-    return t
 
 
 def _fc1_inputs(model: nn.Module, fc1: nn.Linear, inputs: dict) -> torch.Tensor:

@@ -36,6 +36,16 @@ class TrainLog:
     seconds: float = 0.0
 
 
+def padded(
+    rows: list[list], width: int, fill: float, dtype: torch.dtype = torch.long
+) -> torch.Tensor:
+    """``rows`` right-padded with ``fill`` to ``width``, as one ``(len(rows), width)`` tensor."""
+    t = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        t[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return t
+
+
 def freeze(module: torch.nn.Module) -> None:
     """Stop training ``module`` (its parameters keep their values from now on)."""
     for p in module.parameters():
