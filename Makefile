@@ -18,7 +18,7 @@ TARGET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 EXTRAS ?= $(TARGET),test,eval,deploy
 STAMP := $(VENV)/.installed-$(TARGET)
 
-.PHONY: venv serve test lint bench bench-flood bench-reference eval-pope eval-chair eval-demo tiny-llava clean
+.PHONY: venv serve test lint bench bench-flood bench-reference eval-pope eval-chair eval-demo tiny-llava tiny-all clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ $(STAMP): pyproject.toml deploy/cpu/lucid_cpu_compat.py
 
 tiny-llava: venv
 	$(PY) -m decoding.testing.tiny_llava --ensure
+
+# Every family's cached tiny checkpoint, built two at a time (each build uses one thread).
+tiny-all: venv
+	$(PY) -m decoding.testing.tiny_models --families | xargs -P 2 -n 1 \
+	  $(PY) -m decoding.testing.tiny_models --ensure
 
 # `make serve` serves the tiny test checkpoint; `make serve MODEL=llava-hf/llava-1.5-7b-hf`
 # a real one. Extra vLLM engine arguments go in ARGS="...".

@@ -18,7 +18,7 @@ import pytest
 
 from decoding.families import family_named
 from decoding.strategies.registry import available as registered
-from decoding.testing import parity, shapes, synthetic
+from decoding.testing import parity, synthetic, world
 from server.process import start_server, stop_server
 
 pytestmark = pytest.mark.server
@@ -27,9 +27,9 @@ FAMILIES = ("qwen2.5-vl", "llava-next", "llava-onevision", "qwen3-vl")
 MAX_TOKENS = 12
 #: Served vs reference log-probability of the same chosen token (nats).
 LOGPROB_TOLERANCE = 1e-4  # measured: at most ~3e-6 on CPU float32
-#: The four families' tiny checkpoints are trained on shape scenes (the lab world trains
-#: LLaVA-1.5's): their cases use those.
-CASES = parity.shape_cases(4, first_seed=700)
+#: Every family's checkpoint is trained on the lab world: the cases are held-out scenes
+#: whose prior partner is absent (where strategies matter), as for LLaVA-1.5.
+CASES = parity.cases(4, first_seed=700)
 WORST: list[float] = []  # served-vs-reference log-probability differences seen
 
 
@@ -49,7 +49,7 @@ def family_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 #: log-probability by more than this (nats): well beyond the parity tolerance, so a
 #: strategy the engine dropped fails the parity tests on that case.
 ACTS = 10 * LOGPROB_TOLERANCE
-SEARCH = parity.shape_cases(16, first_seed=700)
+SEARCH = parity.cases(16, first_seed=700)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_answers_depend_on_the_image(family_server) -> None:  # noqa: ANN001
     answers = {
         client.chat.completions.create(
             model=srv.model,
-            messages=synthetic.chat_messages(shapes.sample(seed)[0], "Describe the image."),
+            messages=synthetic.chat_messages(synthetic.sample(seed)[0], "Describe the image."),
             max_tokens=MAX_TOKENS,
             temperature=0.0,
         )
@@ -200,11 +200,14 @@ def test_pope_job_runs_and_reports_undefined_strategies(family_server, tmp_path:
     name, _, srv = family_server
     imgs = tmp_path / "images"
     imgs.mkdir()
-    shapes.sample(5)[0].save(imgs / "img0.png")
+    img, scene = synthetic.sample(5)
+    img.save(imgs / "img0.png")
+    absent = next(c.name for c in world.CLASSES if not scene.has(c.name))
     qs = [
-        {"question_id": 1, "image": "img0.png", "text": "Is there a red circle?", "label": "yes"},
-        {"question_id": 2, "image": "img0.png", "text": "Is there a dog?", "label": "no"},
-    ]
+        {"question_id": 1, "image": "img0.png", "text": f"Is there a {scene.names[0]}?",
+         "label": "yes"},
+        {"question_id": 2, "image": "img0.png", "text": f"Is there a {absent}?", "label": "no"},
+    ]  # fmt: skip
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
     out = tmp_path / "pope"
@@ -220,20 +223,16 @@ def test_pope_job_runs_and_reports_undefined_strategies(family_server, tmp_path:
 
 
 MULTI = [
-    parity.Case(720, "Describe the image.", images=2, scenes="shapes"),
-    parity.Case(721, "What is in the picture?", images=2, scenes="shapes"),
-]
-MULTI_LAB = [
     parity.Case(720, "Describe the image.", images=2),
     parity.Case(721, "Describe the image in detail.", images=2),
 ]
 
 
-def _multi_image(srv, path: Path, strategies: list[str], cases: list = MULTI) -> None:  # noqa: ANN001
+def _multi_image(srv, path: Path, strategies: list[str]) -> None:  # noqa: ANN001
     client = srv.client()
     results = []
     for strategy in strategies:
-        for case in cases:
+        for case in MULTI:
             body = parity.chat_request(srv.model, case, {"strategy": strategy}, MAX_TOKENS)
             r = client.chat.completions.create(**body)
             results.append((case, strategy, *_served(r.choices[0])))
@@ -246,7 +245,7 @@ def test_two_images_in_one_request(family_server) -> None:  # noqa: ANN001
 
 
 def test_two_images_in_one_request_llava_15(served, tiny_llava_dir: Path) -> None:  # noqa: ANN001
-    _multi_image(served, tiny_llava_dir, _available("llava-1.5"), MULTI_LAB)
+    _multi_image(served, tiny_llava_dir, _available("llava-1.5"))
 
 
 def test_reference_bench_runs_on_the_family(family_server) -> None:  # noqa: ANN001

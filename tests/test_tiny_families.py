@@ -1,5 +1,7 @@
 """The tiny LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL test checkpoints:
-structure, prompts, non-vacuous answers, planted sinks, deterministic builds.
+structure, prompts, non-vacuous answers, planted sinks, deterministic builds, and the lab
+behaviour the shared recipe trains (as for LLaVA-1.5): each grounds what it sees and
+hallucinates an absent prior partner on held-out scenes of the synthetic world.
 
 Checkpoints come from ``ensure_tiny`` (built on first use, then cached in build/). vLLM is
 not started here: the served-family tests run these checkpoints through a real server.
@@ -7,6 +9,7 @@ not started here: the served-family tests run these checkpoints through a real s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from decoding.testing import synthetic, tiny_models, tiny_train
+from decoding.testing import lab, synthetic, tiny_models, tiny_train
 from decoding.testing.tiny_llava import ensure_tiny_llava, file_hashes
 
 NEW = [f for f in tiny_models.FAMILIES if f != "llava-1.5"]
@@ -26,7 +29,7 @@ ARCH = {
 }
 #: Language-model image tokens for one 112x112 image.
 IMAGE_TOKENS = {"llava-next": 136, "llava-onevision": 136, "qwen2.5-vl": 36, "qwen3-vl": 36}
-PROMPTS = ["Describe the image.", "What is the background colour?", "How many shapes are there?"]
+PROMPTS = ["Describe the image.", "What colour is the background?", "How many objects are there?"]
 TAU = 6.0  # the VAR sink threshold the tiny profiles use
 
 
@@ -135,12 +138,13 @@ def test_planted_sinks_show_massive_activations(tiny) -> None:  # noqa: ANN001
 
 
 def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
-    spec = tiny_models.TinySpec(train_steps=3, batch_size=2)
+    # Every phase runs (a few steps each), the sink planting included.
+    spec = tiny_models.TinySpec(prior_steps=2, pretrain_steps=2, train_steps=4, batch_size=2)
     a = file_hashes(tiny_models.build_tiny("qwen3-vl", tmp_path / "a", spec))
     b = file_hashes(tiny_models.build_tiny("qwen3-vl", tmp_path / "b", spec))
     assert a == b
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(a)
-    c = tiny_models.build_tiny("qwen3-vl", tmp_path / "c", tiny_models.TinySpec(3, batch_size=2))
+    c = tiny_models.build_tiny("qwen3-vl", tmp_path / "c", replace(spec, seed=3))
     assert file_hashes(c)["model.safetensors"] != a["model.safetensors"]
 
 
@@ -148,5 +152,23 @@ def test_ensure_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert tiny_models.ensure_tiny("llava-1.5") == ensure_tiny_llava()
     tiny_models.main(["--ensure", "qwen2.5-vl"])
     assert capsys.readouterr().out.strip() == str(tiny_models.ensure_tiny("qwen2.5-vl"))
+    tiny_models.main(["--families"])
+    assert capsys.readouterr().out.split() == list(tiny_models.FAMILIES)
     with pytest.raises(KeyError):
         tiny_models.ensure_tiny("llava-2")
+
+
+#: Lab rates every family's checkpoint must reach (greedy, held-out scenes; measured
+#: values in docs/families.md).
+PRESENCE_ACCURACY = 0.8
+CAPTION_HALLUCINATION = 0.2
+
+
+def test_the_recipe_grounds_and_hallucinates(tiny) -> None:  # noqa: ANN001
+    """Presence questions far above the 50 % of a model that ignores the image, and
+    captions that name a missing prior partner on a clear share of conflict scenes."""
+    family, _path, model, processor = tiny
+    rates = lab.measure(model, processor, scenes=40, conflicts=40)
+    print(family, rates.as_dict())
+    assert rates.presence_accuracy >= PRESENCE_ACCURACY, rates
+    assert rates.caption_hallucination >= CAPTION_HALLUCINATION, rates

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from decoding.testing import shapes, synthetic, world
+from decoding.testing import synthetic, world
 
 #: A first divergence with a reference top-two margin below this (nats) is a numerical tie.
 TIE_TOLERANCE = 1e-3
@@ -33,17 +33,15 @@ PROMPTS = (
 
 @dataclass(frozen=True)
 class Case:
-    """Held-out scene ``seed`` of the synthetic world (or, with ``scenes="shapes"``, the
-    shape scene the other families' tiny checkpoints are trained on) and a prompt."""
+    """Held-out scene ``seed`` of the synthetic world and a prompt."""
 
     seed: int
     prompt: str
     #: Images in the request: scenes ``seed``, ``seed + 1000``, ``seed + 2000``, ...
     images: int = 1
-    scenes: str = "world"
 
     def _scene(self, seed: int) -> Any:
-        return shapes.sample(seed)[0] if self.scenes == "shapes" else synthetic.heldout(seed)[0]
+        return synthetic.heldout(seed)[0]
 
     @property
     def image(self) -> Any:
@@ -107,23 +105,6 @@ def cases(n: int = 16, first_seed: int = 300) -> list[Case]:
             out.append(Case(index, prompt.format(partner=scene.missing_partners[0])))
         index += 1
     return out
-
-
-#: Prompts of the shape-scene cases (what the shape-trained checkpoints answer).
-SHAPE_PROMPTS = (
-    "Describe the image.",
-    "What is in the picture?",
-    "Describe the image in detail.",
-    "What colour is the background?",
-)
-
-
-def shape_cases(n: int, first_seed: int) -> list[Case]:
-    """``n`` shape scenes from ``first_seed`` on, for the shape-trained family checkpoints."""
-    return [
-        Case(first_seed + i, SHAPE_PROMPTS[i % len(SHAPE_PROMPTS)], scenes="shapes")
-        for i in range(n)
-    ]
 
 
 @functools.lru_cache(maxsize=2)

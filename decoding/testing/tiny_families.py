@@ -21,11 +21,11 @@ from typing import Any
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from decoding.testing import shapes
+from decoding.testing import world
 
 #: Bumped whenever a recipe (here, in tiny_models or tiny_train) changes the files it
 #: writes, so cached builds are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 #: Qwen2.5-VL normalises with the CLIP mean and standard deviation.
 CLIP_NORM = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
 #: anyres resolutions (LLaVA-NeXT, OneVision): 1x1, 1x2, 2x1 and 2x2 tiles of 112 px.
@@ -47,10 +47,22 @@ class TinySpec:
     text_kv_heads: int = 2
     text_intermediate: int = 384
     tokenizer_vocab: int = 1024
-    train_steps: int = 200
-    batch_size: int = 8
-    turns: int = 3  # questions per training image (one image encoding, several answers)
     learning_rate: float = 3e-3
+    batch_size: int = 16
+    # Phase 0 (tiny_train): text-only caption conversations, the language prior.
+    prior_steps: int = 100
+    # Phase 1: tower and projector learn the patch loss alone, on 2 * batch_size images.
+    pretrain_steps: int = 300
+    # Phase 2: conversations; after sink_phase of it the tower freezes, the sinks plant.
+    train_steps: int = 300
+    sink_phase: float = 0.6
+    turns: int = 4  # questions per training image (one image encoding, several answers)
+    presence_turns: int = 2  # of them yes/no presence questions (one balanced per class)
+    partner_question_rate: float = 0.0  # extra presence turns asking a missing partner
+    presence_weight: float = 3.0  # loss weight of the presence answers' tokens
+    patch_loss_weight: float = 1.0
+    grounding_weight: float = 1.0
+    match_head_gain: float = 8.0  # start of a content-matching head (0: plain init)
     sink_dims: tuple[int, ...] = (17, 93)
     sink_value: float = 6.0  # first-token value in each sink dim
     visual_sink_fraction: float = 0.08  # share of image tokens the sink unit fires on
@@ -105,8 +117,8 @@ def _corpus(seed: int, n_scenes: int = 3000) -> list[str]:
         "What is in the picture? yes no Yes No",
     ]
     for _ in range(n_scenes):
-        scene = shapes.random_scene(rng)
-        for q, a in shapes.questions(scene, rng):
+        scene = world.train_scene(rng)
+        for q, a in world.questions(scene, rng):
             lines.append(f"user\n{q}\nassistant\n{a}\n")
     return lines
 
@@ -159,6 +171,34 @@ def onevision_tokenizer(seed: int, vocab_size: int) -> tf.PreTrainedTokenizerFas
     """Qwen2 ChatML with llava-hf's ``<image>`` / ``<video>`` placeholders."""
     roles = {"image_token": "<image>", "video_token": "<video>"}
     return chatml_tokenizer(seed, vocab_size, ONEVISION_SPECIALS, ONEVISION_IMAGE, roles)
+
+
+# -- image-token layouts ---------------------------------------------------------------
+
+
+def raster_cells(grid: int) -> Callable[[int], list[int | None]]:
+    """One token per cell of a ``grid`` x ``grid`` image, row-major (LLaVA-1.5; Qwen's
+    2x2-merged tokens of a 112 px scene resized to 6x6 merged patches)."""
+
+    def cells(n: int) -> list[int | None]:
+        if n != grid * grid:
+            raise ValueError(f"{n} image tokens, expected {grid * grid}")
+        return list(range(n))
+
+    return cells
+
+
+def anyres_cells(grid: int) -> Callable[[int], list[int | None]]:
+    """anyres (LLaVA-NeXT, OneVision) for a one-tile image: the base image's cells, then
+    the tile's rows, each followed by ``image_newline`` (no cell)."""
+
+    def cells(n: int) -> list[int | None]:
+        if n != 2 * grid * grid + grid:
+            raise ValueError(f"{n} image tokens, expected {2 * grid * grid + grid}")
+        tile = [c for r in range(grid) for c in [*range(r * grid, (r + 1) * grid), None]]
+        return [*range(grid * grid), *tile]
+
+    return cells
 
 
 # -- configs and processors ----------------------------------------------------------

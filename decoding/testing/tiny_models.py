@@ -1,5 +1,6 @@
 """Tiny test checkpoints of five VLM families: ``python -m decoding.testing.tiny_models
-FAMILY DIR`` builds one, ``--ensure FAMILY`` builds the cached default and prints its path.
+FAMILY DIR`` builds one, ``--ensure FAMILY`` builds the cached default and prints its path,
+``--families`` lists the families.
 
 Each checkpoint has its family's real structure at ~1-1.5 M parameters (text hidden 128,
 4 layers, head_dim 32 as vLLM's CPU attention needs, float32), a locally trained
@@ -18,13 +19,16 @@ the same prompt:
 - ``qwen3-vl``: ViT (patch 16, deepstack levels 1 and 2) + Qwen3 (qk-norm) with
   interleaved M-RoPE; 112x112 is resized to 192x192: 36 tokens.
 
-Weights are seeded, sinks are planted (:func:`decoding.testing.tiny_train.plant_sinks`:
-the template's first token, BOS or ``<|im_start|>``, and a few image tokens of some
-images carry massive activations in ``config.sink_dims``; with ChatML every turn's
-``<|im_start|>`` shares that embedding), then the text model and the projector/merger are trained
-briefly on synthetic scenes so greedy answers depend on image and prompt; the vision
-encoder stays at its seeded initialisation. Builds are deterministic (one thread,
-seeded, sorted safetensors keys): the same spec gives byte-identical files.
+Every checkpoint is trained on the synthetic world of :mod:`decoding.testing.world` with
+the LLaVA-1.5 checkpoint's recipe (:mod:`decoding.testing.tiny_train`: a text-only prior
+phase, patch-loss alignment of the vision tower and projector, conversations with a
+grounding loss), so each one looks at the image and hallucinates an absent prior partner
+(the lab behaviour, tested per family). Sinks are planted
+(:mod:`decoding.testing.tiny_sinks`): the template's first token, BOS or
+``<|im_start|>``, carries massive activations in ``config.sink_dims`` from the start
+(with ChatML every turn's ``<|im_start|>`` shares that embedding), and once the tower is
+frozen a few image tokens of some images get them too. Builds are deterministic (one
+thread, seeded, sorted safetensors keys): the same spec gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import transformers as tf
 from torch import nn
 
 from decoding.testing import tiny_families as fam
-from decoding.testing import tiny_train
+from decoding.testing import tiny_sinks, tiny_train
 from decoding.testing.tiny_families import (
     RECIPE_VERSION,
     TinySpec,
@@ -72,8 +76,11 @@ class Recipe:
     processor: Callable[[TinySpec, Any], tf.ProcessorMixin]
     #: The projector's (fc1, fc2) and any further layers writing image features.
     sink_layers: Callable[[nn.Module], tuple[nn.Linear, nn.Linear, tuple[nn.Linear, ...]]]
-    frozen: Callable[[str], bool]  # parameter names kept at their seeded init
+    tower: Callable[[str], bool]  # the vision tower's parameter names (frozen for the sinks)
     answer_prefix: str  # the answer's first characters after the generation prompt
+    #: Per image token of a 112 px scene: its cell of a grid x grid split, or None.
+    cells: Callable[[int], list[int | None]]
+    grid: int
     rename: Callable[[str], str] = lambda key: key  # to the key layout vLLM loads
 
 
@@ -88,7 +95,7 @@ def _merger(
     return find
 
 
-def _frozen_visual(*kept: str) -> Callable[[str], bool]:
+def _visual_tower(*kept: str) -> Callable[[str], bool]:
     return lambda name: name.startswith("model.visual.") and not name.startswith(kept)
 
 
@@ -97,12 +104,14 @@ _PROJECTOR = _merger("model.multi_modal_projector.linear_1", "model.multi_modal_
 RECIPES: dict[str, Recipe] = {
     "llava-next": Recipe(
         model_cls=tf.LlavaNextForConditionalGeneration,
-        tokenizer=lambda spec: build_tokenizer(spec.seed, spec.tokenizer_vocab, "shapes"),
+        tokenizer=lambda spec: build_tokenizer(spec.seed, spec.tokenizer_vocab),
         config=fam.next_config,
         processor=fam.next_processor,
         sink_layers=_PROJECTOR,
-        frozen=lambda name: name.startswith("model.vision_tower."),
+        tower=lambda name: name.startswith("model.vision_tower."),
         answer_prefix=" ",
+        cells=fam.anyres_cells(8),
+        grid=8,
         rename=fam.vision_model_layout,
     ),
     "llava-onevision": Recipe(
@@ -111,8 +120,10 @@ RECIPES: dict[str, Recipe] = {
         config=fam.ov_config,
         processor=fam.ov_processor,
         sink_layers=_PROJECTOR,
-        frozen=lambda name: name.startswith("model.vision_tower."),
+        tower=lambda name: name.startswith("model.vision_tower."),
         answer_prefix="",
+        cells=fam.anyres_cells(8),
+        grid=8,
         rename=fam.vision_model_layout,
     ),
     "qwen2.5-vl": Recipe(
@@ -123,8 +134,10 @@ RECIPES: dict[str, Recipe] = {
             tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor, 14, fam.CLIP_NORM
         ),
         sink_layers=_merger("model.visual.merger.mlp.0", "model.visual.merger.mlp.2"),
-        frozen=_frozen_visual("model.visual.merger."),
+        tower=_visual_tower("model.visual.merger."),
         answer_prefix="",
+        cells=fam.raster_cells(6),
+        grid=6,
     ),
     "qwen3-vl": Recipe(
         model_cls=tf.Qwen3VLForConditionalGeneration,
@@ -138,8 +151,10 @@ RECIPES: dict[str, Recipe] = {
             "model.visual.merger.linear_fc2",
             "model.visual.deepstack_merger_list",
         ),
-        frozen=_frozen_visual("model.visual.merger.", "model.visual.deepstack_merger_list."),
+        tower=_visual_tower("model.visual.merger.", "model.visual.deepstack_merger_list."),
         answer_prefix="",
+        cells=fam.raster_cells(6),
+        grid=6,
     ),
 }
 
@@ -170,30 +185,16 @@ def build_tiny(
         model.generation_config.pad_token_id = tok.pad_token_id
         processor = recipe.processor(spec, tok)
 
-        def make_batch(step: int, seed: int = spec.seed, n: int = spec.batch_size) -> dict:
-            items = tiny_train.examples(seed, step, n, spec.image_size, spec.turns)
-            return tiny_train.batch(processor, items, recipe.answer_prefix)
-
-        calibration = make_batch(0, seed=spec.seed + 7, n=32)
+        image_token = getattr(cfg, "image_token_id", None) or cfg.image_token_index
+        enc = tiny_train.Encoder(
+            processor, recipe.answer_prefix, image_token, recipe.grid, recipe.cells,
+            spec.presence_weight,
+        )  # fmt: skip
+        first = tok(tiny_train.prompt_text(processor, ""), add_special_tokens=False)["input_ids"][0]
         fc1, fc2, writers = recipe.sink_layers(model)
-        first = int(calibration["input_ids"][0, 0])
         emb = model.get_input_embeddings().weight
-        sites = tiny_train.SinkSites(emb, first, fc1, fc2, writers)
-        masks = tiny_train.plant_sinks(
-            model,
-            sites,
-            calibration,
-            spec.sink_dims,
-            spec.sink_value,
-            spec.visual_sink_fraction,
-            spec.visual_sink_gain,
-            spec.visual_sink_sharpness,
-            spec.seed,
-        )
-        trainable = lambda name: not recipe.frozen(name)  # noqa: E731
-        tiny_train.train(
-            model, make_batch, trainable, masks, spec.train_steps, spec.learning_rate, log
-        )
+        sites = tiny_sinks.SinkSites(emb, first, fc1, fc2, writers)
+        tiny_train.train(model, enc, spec, sites, recipe.tower, log)
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -227,6 +228,9 @@ def ensure_tiny(family: str, cache_dir: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--families"]:
+        print("\n".join(FAMILIES))
+        return
     if len(argv) == 2 and argv[0] == "--ensure":
         print(ensure_tiny(argv[1]))
         return

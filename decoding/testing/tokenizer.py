@@ -8,7 +8,7 @@ import random
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from decoding.testing import shapes, world
+from decoding.testing import world
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -36,7 +36,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _corpus(seed: int, corpus: str, n_scenes: int = 3000) -> list[str]:
+def _corpus(seed: int, n_scenes: int = 3000) -> list[str]:
     rng = random.Random(seed)
     lines = [
         "A chat between a curious user and an artificial intelligence assistant.",
@@ -44,23 +44,15 @@ def _corpus(seed: int, corpus: str, n_scenes: int = 3000) -> list[str]:
         "Please describe this image in detail. What is in the picture? yes no Yes No",
     ]
     for _ in range(n_scenes):
-        if corpus == "shapes":
-            scene = shapes.random_scene(rng)
-            pairs = shapes.questions(scene, rng)
-        else:
-            scene = world.train_scene(rng)
-            pairs = world.questions(scene, rng)
-        for q, a in pairs:
+        scene = world.train_scene(rng)
+        for q, a in world.questions(scene, rng):
             lines.append(f"USER: {q} ASSISTANT: {a}")
     return lines
 
 
-def build_tokenizer(seed: int, vocab_size: int, corpus: str = "world") -> PreTrainedTokenizerFast:
-    """Train the BPE on a seeded corpus of ``corpus`` scenes ("world":
-    :mod:`decoding.testing.world`; "shapes": :mod:`decoding.testing.shapes`); the same
-    seed gives the same files."""
-    if corpus not in ("world", "shapes"):
-        raise ValueError(f"unknown corpus {corpus!r}")
+def build_tokenizer(seed: int, vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train the BPE on a seeded corpus of :mod:`decoding.testing.world` conversations;
+    the same seed gives the same files."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -71,7 +63,7 @@ def build_tokenizer(seed: int, vocab_size: int, corpus: str = "world") -> PreTra
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed, corpus), trainer=trainer)
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
