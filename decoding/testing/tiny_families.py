@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from decoding.testing import world
 
-#: Bumped whenever a recipe (here, in tiny_models or tiny_train) changes the files it
+#: Bumped whenever a recipe (here, in tiny_models, tiny_train or tiny_sinks) changes the files it
 #: writes, so cached builds are not reused.
 RECIPE_VERSION = 3
 #: Qwen2.5-VL normalises with the CLIP mean and standard deviation.
