@@ -136,18 +136,8 @@ class Encoder:
         for i, (q, a) in enumerate(qas):
             at = full.index(prefix + a + tok.eos_token, cursor)
             if i == 0:
-                enc = self.processor(
-                    images=scene.draw(),
-                    text=full[:at],
-                    return_tensors="pt",
-                    add_special_tokens=False,
-                )
-                row = {k: enc[k][0].tolist() for k in SEQUENCE_KEYS if k in enc}
-                extras = {k: v for k, v in enc.items() if k not in SEQUENCE_KEYS}
-                image_pos = [j for j, t in enumerate(row["input_ids"]) if t == self.image_token]
-                row.update(
-                    labels=[], weights=[], patch_targets=self._patch_targets(scene, image_pos)
-                )
+                row, extras, image_pos = self._with_image(scene, full[:at])
+                row.update(labels=[], weights=[])
                 start = image_pos[-1] + 1
             else:
                 start = len(row["input_ids"])
@@ -165,15 +155,22 @@ class Encoder:
         row["patch_targets"] += [-100] * (len(row["input_ids"]) - len(row["patch_targets"]))
         return {"row": row, "extras": extras, "grounding": grounding}
 
-    def _patch_targets(self, scene: world.Scene, image_pos: list[int]) -> list[int]:
-        """The word of each image token's cell (-100 off the image and on newlines)."""
+    def _with_image(self, scene: world.Scene, text: str) -> tuple[dict, dict, list[int]]:
+        """Per-token lists (with patch targets: the word of each image token's cell, -100
+        off the image and on newlines), per-image tensors and image-token positions."""
+        enc = self.processor(
+            images=scene.draw(), text=text, return_tensors="pt", add_special_tokens=False
+        )
+        row = {k: enc[k][0].tolist() for k in SEQUENCE_KEYS if k in enc}
+        extras = {k: v for k, v in enc.items() if k not in SEQUENCE_KEYS}
+        image_pos = [j for j, t in enumerate(row["input_ids"]) if t == self.image_token]
         labels = scene.patch_labels(self.grid, PATCH_COVER)
-        cells = self.cells(len(image_pos))
-        out = [-100] * (image_pos[-1] + 1)
-        for pos, cell in zip(image_pos, cells, strict=True):
+        targets = [-100] * len(row["input_ids"])
+        for pos, cell in zip(image_pos, self.cells(len(image_pos)), strict=True):
             if cell is not None:
-                out[pos] = self.word(labels[cell])
-        return out
+                targets[pos] = self.word(labels[cell])
+        row["patch_targets"] = targets
+        return row, extras, image_pos
 
     def _grounding(
         self, scene: world.Scene, ids: list[int], start: int, image_pos: list[int], name: str
@@ -211,17 +208,7 @@ class Encoder:
 
     def image_only(self, scene: world.Scene) -> dict:
         """The one-turn prompt about the scene, with its patch targets and no answer."""
-        enc = self.processor(
-            images=scene.draw(),
-            text=prompt_text(self.processor, IMAGE_PROMPT),
-            return_tensors="pt",
-            add_special_tokens=False,
-        )
-        row = {k: enc[k][0].tolist() for k in SEQUENCE_KEYS if k in enc}
-        image_pos = [j for j, t in enumerate(row["input_ids"]) if t == self.image_token]
-        targets = self._patch_targets(scene, image_pos)
-        row["patch_targets"] = targets + [-100] * (len(row["input_ids"]) - len(targets))
-        extras = {k: v for k, v in enc.items() if k not in SEQUENCE_KEYS}
+        row, extras, _ = self._with_image(scene, prompt_text(self.processor, IMAGE_PROMPT))
         return {"row": row, "extras": extras, "grounding": []}
 
 
