@@ -58,7 +58,7 @@ from transformers import (
 )
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from decoding.testing import training, world
+from decoding.testing import tiny_sinks, training, world
 from decoding.testing.tokenizer import build_tokenizer
 
 #: Residual-stream dimensions that carry the planted massive activations.
@@ -364,23 +364,13 @@ def _plant_visual_sinks(model, processor, spec: TinyLlavaSpec) -> None:  # noqa:
 
 
 def _init_match_head(model, spec: TinyLlavaSpec) -> None:  # noqa: ANN001
-    """Start head 0 of the first text layer as a content-matching head: query and key
-    read the same seeded projection of the input, in the slowest RoPE frequencies (so
-    the score barely depends on distance). A word of the question then attends to the
-    image tokens that show it (the patch loss makes them look like that word). Small
-    models rarely find this circuit in a few hundred steps from a random start; it stays
-    trainable like every other weight."""
-    if not spec.match_head_gain:
-        return
-    attn = model.model.language_model.layers[0].self_attn
-    head = spec.text_hidden // spec.text_heads
-    half = head // 2
-    rows = [*range(half - 4, half), *range(head - 4, head)]  # lowest-frequency pairs
-    gen = torch.Generator().manual_seed(spec.seed + 13)
-    proj = torch.linalg.qr(torch.randn(spec.text_hidden, len(rows), generator=gen))[0].T
-    with torch.no_grad():
-        attn.q_proj.weight[rows] = spec.match_head_gain * proj
-        attn.k_proj.weight[rows] = proj
+    """Head 0 of the first text layer starts as a content-matching head
+    (:func:`decoding.testing.tiny_sinks.init_match_head`): a word of the question then
+    attends to the image tokens that show it (the patch loss makes them look like it)."""
+    if spec.match_head_gain:
+        attn = model.model.language_model.layers[0].self_attn
+        head = spec.text_hidden // spec.text_heads
+        tiny_sinks.init_match_head(attn, spec.text_hidden, head, spec.match_head_gain, spec.seed)
 
 
 def _pretrain(model, processor, spec: TinyLlavaSpec, masks: list, log: bool) -> None:  # noqa: ANN001

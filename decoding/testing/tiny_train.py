@@ -132,11 +132,12 @@ class Encoder:
         extras: dict = {}
         grounding: list[tuple[int, list[int]]] = []
         image_pos: list[int] = []
+        shown: list[tuple[int, str]] = []
         cursor = 0
         for i, (q, a) in enumerate(qas):
             at = full.index(prefix + a + tok.eos_token, cursor)
             if i == 0:
-                row, extras, image_pos = self._with_image(scene, full[:at])
+                row, extras, image_pos, shown = self._with_image(scene, full[:at])
                 row.update(labels=[], weights=[])
                 start = image_pos[-1] + 1
             else:
@@ -144,7 +145,7 @@ class Encoder:
                 _extend(row, tok(full[cursor:at], add_special_tokens=False)["input_ids"])
             name = grounded_word(q)
             if name is not None:
-                grounding += self._grounding(scene, row["input_ids"], start, image_pos, name)
+                grounding += self._grounding(scene, row["input_ids"], start, shown, name)
             row["labels"] += [-100] * (len(row["input_ids"]) - len(row["labels"]))
             row["weights"] += [0.0] * (len(row["input_ids"]) - len(row["weights"]))
             answer = tok(prefix + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -155,9 +156,12 @@ class Encoder:
         row["patch_targets"] += [-100] * (len(row["input_ids"]) - len(row["patch_targets"]))
         return {"row": row, "extras": extras, "grounding": grounding}
 
-    def _with_image(self, scene: world.Scene, text: str) -> tuple[dict, dict, list[int]]:
+    def _with_image(
+        self, scene: world.Scene, text: str
+    ) -> tuple[dict, dict, list[int], list[tuple[int, str]]]:
         """Per-token lists (with patch targets: the word of each image token's cell, -100
-        off the image and on newlines), per-image tensors and image-token positions."""
+        off the image and on newlines), per-image tensors, image-token positions, and
+        (position, what its cell shows) per image token that has a cell."""
         enc = self.processor(
             images=scene.draw(), text=text, return_tensors="pt", add_special_tokens=False
         )
@@ -165,24 +169,22 @@ class Encoder:
         extras = {k: v for k, v in enc.items() if k not in SEQUENCE_KEYS}
         image_pos = [j for j, t in enumerate(row["input_ids"]) if t == self.image_token]
         labels = scene.patch_labels(self.grid, PATCH_COVER)
+        cells = self.cells(len(image_pos))
+        shown = [(p, labels[c]) for p, c in zip(image_pos, cells, strict=True) if c is not None]
         targets = [-100] * len(row["input_ids"])
-        for pos, cell in zip(image_pos, self.cells(len(image_pos)), strict=True):
-            if cell is not None:
-                targets[pos] = self.word(labels[cell])
+        for pos, what in shown:
+            targets[pos] = self.word(what)
         row["patch_targets"] = targets
-        return row, extras, image_pos
+        return row, extras, image_pos, shown
 
     def _grounding(
-        self, scene: world.Scene, ids: list[int], start: int, image_pos: list[int], name: str
-    ) -> list[tuple[int, list[int]]]:
+        self, scene: world.Scene, ids: list[int], start: int, shown: list[tuple[int, str]],
+        name: str,
+    ) -> list[tuple[int, list[int]]]:  # fmt: skip
         """(position of the question's object word, positions it should attend): the
         image tokens showing it, or the first token (the text sink) when it is absent."""
         hits = [j for j in range(start, len(ids)) if ids[j] == self.word(name)]
-        labels = scene.patch_labels(self.grid, PATCH_COVER)
-        cells = self.cells(len(image_pos))
-        shows = [
-            p for p, c in zip(image_pos, cells, strict=True) if c is not None and labels[c] == name
-        ]
+        shows = [p for p, what in shown if what == name]
         if not hits or not (shows or not scene.has(name)):
             return []
         return [(hits[0], shows or [0])]
@@ -208,7 +210,7 @@ class Encoder:
 
     def image_only(self, scene: world.Scene) -> dict:
         """The one-turn prompt about the scene, with its patch targets and no answer."""
-        row, extras, _ = self._with_image(scene, prompt_text(self.processor, IMAGE_PROMPT))
+        row, extras, _, _ = self._with_image(scene, prompt_text(self.processor, IMAGE_PROMPT))
         return {"row": row, "extras": extras, "grounding": []}
 
 
